@@ -1,0 +1,72 @@
+"""Shared by the benchmark scripts: machine description and atomic result files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def timeit(fn: Callable[[], object], repeat: int = 5, sync: bool = False) -> dict:
+    """Wall times of ``repeat`` calls after one warm-up call: first, median, best (seconds)."""
+    times = []
+    for i in range(repeat + 1):
+        if sync:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    warm = sorted(times[1:])
+    return {"first_s": times[0], "median_s": warm[len(warm) // 2], "best_s": warm[0]}
+
+
+def write_result(name: str, figures: dict) -> Path:
+    """Print the figures and write them with the machine, command and date (atomically)."""
+    record = {
+        "benchmark": name,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "machine": machine(),
+        "figures": figures,
+    }
+    text = json.dumps(record, indent=2)
+    print(text)
+    suffix = "gpu" if torch.cuda.is_available() else "cpu"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}_{suffix}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, path)
+    return path
