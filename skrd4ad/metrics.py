@@ -125,13 +125,16 @@ def _area(fpr: torch.Tensor, pro: torch.Tensor, limit: float) -> tuple[float, fl
 
 
 def _pro_curve_exact(
-    scores: torch.Tensor, normal: torch.Tensor, weight: torch.Tensor, n_normal: int
+    maps: torch.Tensor, labels: torch.Tensor, region_weight: torch.Tensor, n_normal: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # One point per distinct threshold: sort descending, cumulate, keep the last of ties.
+    scores = maps.flatten().float()
+    lab = labels.flatten()
     order = torch.argsort(scores, descending=True)
     s = scores[order]
-    fpr = torch.cumsum(normal[order].double(), 0) / n_normal
-    pro = torch.cumsum(weight[order], 0)
+    lab = lab[order]
+    fpr = torch.cumsum((lab == 0).double(), 0) / n_normal
+    pro = torch.cumsum(region_weight[lab.long()], 0)
     last = torch.ones_like(s, dtype=torch.bool)
     last[:-1] = s[1:] != s[:-1]
     zero = torch.zeros(1, dtype=torch.float64, device=s.device)
@@ -164,7 +167,9 @@ def _pro_curve_binned(
         if where.numel():
             d_idx = idx[where]
             defect_hist += torch.bincount(d_idx, minlength=bins)
-            pro_hist += torch.bincount(d_idx, weights=region_weight[lab[where]], minlength=bins)
+            pro_hist += torch.bincount(
+                d_idx, weights=region_weight[lab[where].long()], minlength=bins
+            )
     # Highest bin first; empty bins repeat a point and add nothing to the area.
     zero = torch.zeros(1, dtype=torch.float64, device=device)
     fpr = torch.cumsum((total_hist - defect_hist).flip(0), 0).double() / n_normal
@@ -199,39 +204,50 @@ def aupro(
     Returns nan with an :class:`UndefinedMetricWarning` when the masks hold no defect
     region or no normal pixel.
     """
-    m = _tensor(maps, "maps")
-    g = _tensor(masks, "masks")
-    _check_same_shape(m, g, "maps and masks", 3)
     if not 0 < fpr_limit <= 1:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    labels_np, n_regions = label_regions(g)
-    labels = torch.from_numpy(labels_np).to(m.device)
-    sizes = torch.bincount(labels.flatten(), minlength=n_regions + 1).double()
-    n_normal = int(sizes[0])
-    if n_regions == 0 or n_normal == 0:
-        what = "no defect region" if n_regions == 0 else "no normal pixel"
-        warnings.warn(
-            f"AUPRO is undefined: the ground-truth masks hold {what}; reporting nan",
-            UndefinedMetricWarning,
-            stacklevel=2,
-        )
+    prepared = _regions(maps, masks, "AUPRO")
+    if prepared is None:
         return float("nan")
-
-    region_weight = 1.0 / (n_regions * sizes.clamp(min=1))
-    region_weight[0] = 0.0
-
+    m, labels, region_weight, n_normal = prepared
     if not exact:
         fpr, pro = _pro_curve_binned(m, labels, region_weight, n_normal, bins)
         value, bound = _area(fpr, pro, fpr_limit)
         if bound <= tolerance:
             return value
-
-    scores = m.flatten().float()
-    labels = labels.flatten()
-    defect_idx = torch.nonzero(labels, as_tuple=True)[0]
-    defect_labels = labels[defect_idx]
-    normal = labels == 0
-    weight = torch.zeros_like(scores, dtype=torch.float64)
-    weight[defect_idx] = region_weight[defect_labels]
-    fpr, pro = _pro_curve_exact(scores, normal, weight, n_normal)
+    fpr, pro = _pro_curve_exact(m, labels, region_weight, n_normal)
     return _area(fpr, pro, fpr_limit)[0]
+
+
+def pro_curve(
+    maps: ArrayLike, masks: ArrayLike, points: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (FPR, PRO) curve over the whole FPR range, thinned to about ``points`` points,
+    for plotting."""
+    prepared = _regions(maps, masks, "the PRO curve")
+    if prepared is None:
+        return np.zeros(0), np.zeros(0)
+    fpr, pro = _pro_curve_binned(*prepared, bins=1 << 16)
+    keep = torch.linspace(0, fpr.numel() - 1, min(points, fpr.numel())).long()
+    return fpr[keep].cpu().numpy(), pro[keep].cpu().numpy()
+
+
+def _regions(maps: ArrayLike, masks: ArrayLike, what: str):
+    m = _tensor(maps, "maps")
+    g = _tensor(masks, "masks")
+    _check_same_shape(m, g, "maps and masks", 3)
+    labels_np, n_regions = label_regions(g)
+    labels = torch.from_numpy(labels_np).to(m.device)
+    sizes = torch.bincount(labels.flatten(), minlength=n_regions + 1).double()
+    n_normal = int(sizes[0])
+    if n_regions == 0 or n_normal == 0:
+        lacking = "no defect region" if n_regions == 0 else "no normal pixel"
+        warnings.warn(
+            f"{what} is undefined: the ground-truth masks hold {lacking}; reporting nan",
+            UndefinedMetricWarning,
+            stacklevel=3,
+        )
+        return None
+    region_weight = 1.0 / (n_regions * sizes.clamp(min=1))
+    region_weight[0] = 0.0
+    return m, labels, region_weight, n_normal

@@ -1,0 +1,421 @@
+"""The ``skrd4ad`` command: make-dataset, prepare-visa, train, evaluate, predict, demo.
+
+Every subcommand takes ``--config FILE.yaml`` whose keys mirror its flags (dashes or
+underscores); flags given on the command line win over the file. User errors print one
+line and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    from .models import BACKBONES, SKIP_TOPOLOGIES
+
+    p.add_argument(
+        "--backbone",
+        choices=sorted(BACKBONES),
+        default="wide_resnet50_2",
+        help="teacher network (torchvision builder); the paper uses wide_resnet50_2",
+    )
+    p.add_argument(
+        "--teacher-weights",
+        default="imagenet",
+        metavar="{imagenet,none,PATH}",
+        help="'imagenet' (torchvision weights API, hub cache under TORCH_HOME), "
+        "'none' (random, for tests) or a state dict file",
+    )
+    p.add_argument(
+        "--skip",
+        choices=list(SKIP_TOPOLOGIES),
+        default="sk",
+        help="skip topology: 'sk' = published SK-RD4AD, 'none' = RD4AD, "
+        "'sk_deep'/'sk_shallow' = one skip only (ablation)",
+    )
+
+
+def _add_data_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
+    from .data import LAYOUTS
+
+    p.add_argument(
+        "--data",
+        required=required,
+        metavar="ROOT",
+        help="dataset root (MVTec AD / VAD layout: ROOT/CATEGORY/train/good ...; "
+        "folder layout: ROOT holds good/, defect folders and mask/)",
+    )
+    p.add_argument(
+        "--category",
+        default=None,
+        help="category folder under ROOT (optional for the folder layout)",
+    )
+    p.add_argument(
+        "--layout", choices=LAYOUTS, default="auto", help="dataset layout (default: detect)"
+    )
+    p.add_argument(
+        "--train-fraction",
+        type=float,
+        default=None,
+        help="folder layout only: fraction of good/ used for training (default 0.5, "
+        "or the checkpoint's)",
+    )
+
+
+def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where to run (auto: CUDA when available)",
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skrd4ad", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"skrd4ad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=fmt)
+        p.add_argument(
+            "--config", metavar="FILE.yaml", help="YAML file whose keys mirror this command's flags"
+        )
+        return p
+
+    p = add("make-dataset", "write the embedded default dataset (MVTec layout, deterministic)")
+    p.add_argument("--out", required=True, help="folder to write the dataset into")
+    p.add_argument(
+        "--categories",
+        nargs="+",
+        default=None,
+        help="texture categories (default: brick grass gravel)",
+    )
+    p.add_argument("--image-size", type=int, default=128, help="side of the written images, px")
+    p.add_argument(
+        "--crop-size", type=int, default=192, help="side of the crop cut from each photo, px"
+    )
+    p.add_argument("--n-train", type=int, default=32, help="normal training images per category")
+    p.add_argument("--n-test-good", type=int, default=8, help="normal test images per category")
+    p.add_argument(
+        "--n-test-defect",
+        type=int,
+        default=4,
+        help="defective test images per defect type and category",
+    )
+    p.add_argument("--seed", type=int, default=0, help="generator seed")
+
+    p = add("prepare-visa", "convert a raw VisA download into MVTec layout (binarised masks)")
+    p.add_argument("--raw", required=True, help="the extracted VisA folder (holds split_csv/)")
+    p.add_argument("--out", required=True, help="where to write the MVTec-layout copy")
+    p.add_argument("--categories", nargs="+", default=None, help="only these categories")
+
+    p = add("train", "train SK-RD4AD on one category (normal images only)")
+    _add_data_flags(p)
+    p.add_argument("--out", required=True, help="run folder: checkpoints, model.pt, history")
+    _add_model_flags(p)
+    _add_runtime_flags(p)
+    p.add_argument(
+        "--image-size", type=int, default=256, help="model input size, px (multiple of 32)"
+    )
+    p.add_argument("--epochs", type=int, default=200, help="training epochs")
+    p.add_argument("--lr", type=float, default=0.005, help="Adam learning rate")
+    p.add_argument("--betas", type=float, nargs=2, default=[0.5, 0.999], help="Adam betas")
+    p.add_argument("--alpha", type=float, default=0.0, help="weight of the feature L2 loss")
+    p.add_argument("--beta", type=float, default=1.0, help="weight of the cosine loss")
+    p.add_argument(
+        "--gamma", type=float, default=0.05, help="weight of the inter-scale consistency loss"
+    )
+    p.add_argument("--seed", type=int, default=111, help="random seed (the published one is 111)")
+    p.add_argument("--amp", type=_bool, default=True, help="bf16 autocast on CUDA")
+    p.add_argument("--channels-last", type=_bool, default=True, help="channels_last layout on CUDA")
+    p.add_argument("--checkpoint-every", type=int, default=10, help="write last.pt every N epochs")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of train/good held out (with synthetic defects) for validation; 0 = none",
+    )
+    p.add_argument("--val-every", type=int, default=10, help="validate every N epochs")
+    p.add_argument(
+        "--select",
+        choices=["last", "best-val"],
+        default="last",
+        help="final model: the last epoch, or the best validation AUPRO (never test metrics)",
+    )
+    p.add_argument("--resume", action="store_true", help="resume from OUT/last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = add("evaluate", "evaluate a checkpoint on the test split; writes OUT/metrics.json")
+    p.add_argument("--checkpoint", required=True, help="model.pt (or last.pt) written by train")
+    _add_data_flags(p)
+    p.add_argument("--out", required=True, help="folder for metrics.json, overlays and curves")
+    p.add_argument(
+        "--backbone", default=None, help="fail unless the checkpoint holds this backbone"
+    )
+    _add_runtime_flags(p)
+    p.add_argument(
+        "--overlays",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write overlays of the N highest- and N lowest-scoring test images",
+    )
+    p.add_argument("--curves", action="store_true", help="write ROC and PRO curve PNGs")
+
+    p = add("predict", "score images with a checkpoint; writes OUT/predictions.csv and overlays")
+    p.add_argument("checkpoint", help="model.pt written by train")
+    p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIR", help="image files or folders")
+    p.add_argument("--out", required=True, help="folder for predictions.csv and overlays/")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="score at or above which an image is anomalous (default: the checkpoint's "
+        "validation threshold)",
+    )
+    p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
+    _add_runtime_flags(p)
+
+    p = add("demo", "make the default dataset, train and evaluate every category (quick start)")
+    p.add_argument("--out", default="runs/demo", help="run folder")
+    p.add_argument("--data", default="data/default", help="where the default dataset is written")
+    _add_model_flags(p)
+    p.set_defaults(backbone="resnet18", teacher_weights="none")
+    _add_runtime_flags(p)
+    p.add_argument("--image-size", type=int, default=128, help="model input size, px")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs per category")
+    return parser
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if not getattr(args, "config", None):
+        return args
+    path = Path(args.config)
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise UserError(
+            f"cannot read config {path} ({exc.strerror}); pass an existing YAML file"
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise UserError(f"config {path} is not valid YAML ({exc})") from exc
+    if not isinstance(loaded, dict):
+        raise UserError(f"config {path} must be a mapping of flag: value")
+    subparser = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
+    dests = {a.dest for a in subparser._actions}  # noqa: SLF001
+    values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+    unknown = sorted(set(values) - dests)
+    if unknown:
+        raise UserError(f"config {path}: unknown keys {unknown}; use this command's flag names")
+    for action in subparser._actions:  # noqa: SLF001
+        if action.dest in values:
+            action.required = False
+    subparser.set_defaults(**values)
+    return parser.parse_args(argv)
+
+
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from .train import TrainConfig, fit
+
+    cfg = TrainConfig(
+        data=args.data,
+        category=args.category,
+        out=args.out,
+        layout=args.layout,
+        train_fraction=args.train_fraction if args.train_fraction is not None else 0.5,
+        backbone=args.backbone,
+        teacher_weights=str(args.teacher_weights),
+        skip=args.skip,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size or 16,
+        lr=args.lr,
+        betas=tuple(args.betas),
+        alpha=args.alpha,
+        beta=args.beta,
+        gamma=args.gamma,
+        seed=args.seed,
+        device=args.device,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        checkpoint_every=args.checkpoint_every,
+        val_fraction=args.val_fraction,
+        val_every=args.val_every,
+        select=args.select,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    result = fit(cfg)
+    return {
+        "model": str(result.model_path),
+        "epochs": result.epochs_run,
+        "threshold": result.threshold,
+        "val": result.val_metrics,
+    }
+
+
+def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from .evaluate import evaluate
+
+    return evaluate(
+        Path(args.checkpoint),
+        Path(args.data),
+        args.category,
+        Path(args.out),
+        layout=args.layout,
+        device=args.device,
+        batch_size=args.batch_size or 32,
+        overlays=args.overlays,
+        curves=args.curves,
+        backbone=args.backbone,
+        train_fraction=args.train_fraction,
+    )
+
+
+def _demo(args: argparse.Namespace) -> dict[str, Any]:
+    from .data import make_default_dataset
+    from .data.default_dataset import DEFAULT_CATEGORIES
+    from .evaluate import evaluate
+    from .train import TrainConfig, fit
+
+    data, out = Path(args.data), Path(args.out)
+    if not (data / "manifest.json").is_file():
+        make_default_dataset(data)
+    summary = {}
+    for cat in DEFAULT_CATEGORIES:
+        cfg = TrainConfig(
+            data=str(data),
+            category=cat,
+            out=str(out / cat),
+            backbone=args.backbone,
+            teacher_weights=str(args.teacher_weights),
+            skip=args.skip,
+            image_size=args.image_size,
+            epochs=args.epochs,
+            batch_size=args.batch_size or 16,
+            device=args.device,
+            checkpoint_every=max(1, args.epochs),
+            val_every=max(1, args.epochs),
+        )
+        result = fit(cfg)
+        m = evaluate(
+            result.model_path,
+            data,
+            cat,
+            out / cat / "eval",
+            device=args.device,
+            overlays=3,
+            curves=True,
+        )
+        summary[cat] = {k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro")}
+        print(
+            f"{cat}: image AUROC {m['image_auroc']:.3f}  pixel AUROC {m['pixel_auroc']:.3f}  "
+            f"AUPRO {m['aupro']:.3f}",
+            flush=True,
+        )
+    return summary
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _apply_config(parser, argv)
+    if args.command == "make-dataset":
+        from .data import make_default_dataset
+
+        kwargs = dict(
+            image_size=args.image_size,
+            crop_size=args.crop_size,
+            n_train=args.n_train,
+            n_test_good=args.n_test_good,
+            n_test_defect=args.n_test_defect,
+            seed=args.seed,
+        )
+        if args.categories:
+            kwargs["categories"] = tuple(args.categories)
+        try:
+            manifest = make_default_dataset(Path(args.out), **kwargs)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+        except OSError as exc:
+            raise UserError(
+                f"cannot write the dataset to {args.out} ({exc.strerror}); choose another --out"
+            ) from exc
+        result: Any = {"out": args.out, "files": len(manifest)}
+    elif args.command == "prepare-visa":
+        from .data import prepare_visa
+
+        result = prepare_visa(Path(args.raw), Path(args.out), args.categories)
+    elif args.command == "train":
+        result = _train(args)
+    elif args.command == "evaluate":
+        result = _evaluate(args)
+    elif args.command == "predict":
+        from .predict import predict
+
+        rows = predict(
+            Path(args.checkpoint),
+            [Path(p) for p in args.inputs],
+            Path(args.out),
+            threshold=args.threshold,
+            overlays=not args.no_overlays,
+            device=args.device,
+            batch_size=args.batch_size or 32,
+        )
+        result = {
+            "predictions": str(Path(args.out) / "predictions.csv"),
+            "images": len(rows),
+            "anomalous": sum(r["anomalous"] == "yes" for r in rows),
+        }
+    else:
+        result = _demo(args)
+    print(json.dumps(result, indent=2, default=str, allow_nan=True))
+    return 0
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    return f"skrd4ad: warning: {message}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning
+    try:
+        return run(argv)
+    except UserError as exc:
+        print(f"skrd4ad: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("skrd4ad: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Test-set evaluation of a checkpoint: metrics.json, overlays and curves."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .atomic import atomic_write_text, ensure_writable_dir
+from .data import TensorSet, load_category, test_tensors
+from .metrics import aupro, image_auroc, pixel_auroc, pro_curve
+
+NO_MASKS = "the dataset has no ground-truth masks (image-level only)"
+
+
+def score_tensor_set(maps: torch.Tensor, scores: torch.Tensor, ts: TensorSet) -> dict[str, Any]:
+    """Image AUROC, and pixel AUROC and AUPRO when the set has masks (else None + reason)."""
+    labels = ts.labels.to(scores.device)
+    out: dict[str, Any] = {"image_auroc": image_auroc(scores, labels)}
+    if ts.masks is None:
+        out.update(
+            pixel_auroc=None, aupro=None, absent={"pixel_auroc": NO_MASKS, "aupro": NO_MASKS}
+        )
+    else:
+        masks = ts.masks.to(maps.device)
+        out.update(pixel_auroc=pixel_auroc(maps, masks), aupro=aupro(maps, masks))
+    return out
+
+
+def best_f1_threshold(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """The image-score threshold with the best F1 (score >= threshold is anomalous)."""
+    s = scores.detach().float().cpu().numpy()
+    y = labels.cpu().numpy().astype(bool)
+    if y.all() or not y.any():
+        return None
+    best_f1, best_t = -1.0, None
+    for t in np.unique(s):
+        pred = s >= t
+        tp = np.sum(pred & y)
+        f1 = 2 * tp / (pred.sum() + y.sum())
+        if f1 > best_f1:
+            best_f1, best_t = f1, float(t)
+    return best_t
+
+
+def evaluate(
+    checkpoint: Path,
+    data: Path,
+    category: str | None,
+    out: Path,
+    *,
+    layout: str = "auto",
+    device: str = "auto",
+    batch_size: int = 32,
+    overlays: int = 0,
+    curves: bool = False,
+    backbone: str | None = None,
+    train_fraction: float | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on the test split; writes ``out/metrics.json`` atomically."""
+    from .checkpoint import load_model
+    from .inference import predict_maps, prepare_model, resolve_device
+
+    t_start = time.perf_counter()
+    out = ensure_writable_dir(Path(out))
+    dev = resolve_device(device)
+    model, state = load_model(Path(checkpoint), expect_backbone=backbone)
+    cfg = state.get("config", {})
+    size = int(cfg.get("image_size", 256))
+    amp, channels_last = bool(cfg.get("amp", True)), bool(cfg.get("channels_last", True))
+    # The folder layout's train/test split must be the one the model was trained with.
+    fraction = train_fraction if train_fraction is not None else cfg.get("train_fraction", 0.5)
+    cat = load_category(
+        Path(data), category, layout, train_fraction=fraction, seed=cfg.get("seed", 111)
+    )
+    t0 = time.perf_counter()
+    ts = test_tensors(cat, size)
+    t_decode = time.perf_counter() - t0
+
+    model = prepare_model(model, dev, channels_last)
+    t0 = time.perf_counter()
+    maps, scores = predict_maps(
+        model, ts.images, device=dev, batch_size=batch_size, amp=amp, channels_last=channels_last
+    )
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t_infer = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    metrics = score_tensor_set(maps, scores, ts)
+    t_metrics = time.perf_counter() - t0
+
+    labels = ts.labels.tolist()
+    result: dict[str, Any] = {
+        "category": cat.name,
+        "data": str(data),
+        "layout": cat.layout,
+        "checkpoint": str(checkpoint),
+        **metrics,
+        "counts": {
+            "test": len(ts),
+            "normal": labels.count(0),
+            "anomalous": labels.count(1),
+            "by_defect": dict(sorted(Counter(ts.defects).items())),
+        },
+        "threshold": state.get("threshold"),
+        "timings": {
+            "decode_s": t_decode,
+            "inference_s": t_infer,
+            "inference_ms_per_image": 1000 * t_infer / len(ts),
+            "metrics_s": t_metrics,
+            "total_s": time.perf_counter() - t_start,
+        },
+        "device": str(dev),
+        "notes": cat.notes,
+    }
+    maps_cpu, scores_cpu = maps.cpu(), scores.cpu()
+    if overlays:
+        from .plots import write_overlays
+
+        order = torch.argsort(scores_cpu, descending=True).tolist()
+        picks = [("top", r, i) for r, i in enumerate(order[:overlays])]
+        picks += [("bottom", r, i) for r, i in enumerate(order[::-1][:overlays])]
+        result["overlays"] = write_overlays(out / "overlays", ts, maps_cpu, scores_cpu, picks)
+    if curves:
+        from .plots import write_curves
+
+        pro = pro_curve(maps_cpu, ts.masks) if ts.masks is not None else None
+        result["curves"] = write_curves(out, scores_cpu.numpy(), np.array(labels), pro)
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, allow_nan=True) + "\n")
+    return result

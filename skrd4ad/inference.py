@@ -1,0 +1,66 @@
+"""Batched inference: uint8 images to smoothed anomaly maps and image scores."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .anomaly_map import anomaly_map, image_score
+from .data.images import normalize
+from .models import SKRD4AD
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from .errors import UserError
+
+        raise UserError(
+            "--device cuda was asked for but no CUDA device is available; use --device cpu"
+        )
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when enabled; a no-op elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_model(model: SKRD4AD, device: torch.device, channels_last: bool) -> SKRD4AD:
+    model = model.to(device)
+    if channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def to_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = normalize(images.to(device, non_blocking=True))
+    if channels_last and device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@torch.no_grad()
+def predict_maps(
+    model: SKRD4AD,
+    images: torch.Tensor,
+    *,
+    device: torch.device,
+    batch_size: int = 32,
+    amp: bool = True,
+    channels_last: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maps (N, S, S) float32 and scores (N,), left on ``device`` for on-device metrics."""
+    model.eval()
+    size = images.shape[-1]
+    maps = torch.empty((images.shape[0], size, size), dtype=torch.float32, device=device)
+    for start in range(0, images.shape[0], batch_size):
+        x = to_input(images[start : start + batch_size], device, channels_last)
+        with autocast(device, amp):
+            teacher, student = model(x)
+        maps[start : start + x.shape[0]] = anomaly_map(teacher, student, size)
+    return maps, image_score(maps)

@@ -1,0 +1,88 @@
+"""PNG overlays and metric curves (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from .atomic import atomic_write  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def overlay_png(
+    path: Path,
+    image: np.ndarray,
+    amap: np.ndarray,
+    title: str,
+    mask: np.ndarray | None = None,
+    vmax: float | None = None,
+) -> None:
+    """Image, heat map over the image, and the ground truth when there is one."""
+    panels = 3 if mask is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(3 * panels, 3.2))
+    axes[0].imshow(image)
+    axes[0].set_title("image")
+    axes[1].imshow(image)
+    axes[1].imshow(amap, cmap="jet", alpha=0.5, vmin=0, vmax=vmax or float(amap.max()) or 1.0)
+    axes[1].set_title("anomaly map")
+    if mask is not None:
+        axes[2].imshow(mask, cmap="gray", vmin=0, vmax=1)
+        axes[2].set_title("ground truth")
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=8)
+    _save(fig, path)
+
+
+def write_overlays(out: Path, ts, maps: torch.Tensor, scores: torch.Tensor, picks) -> list[str]:
+    """One PNG per (group, rank, index) pick; the colour scale is shared across images."""
+    vmax = float(maps.max())
+    written = []
+    for group, rank, i in picks:
+        name = f"{group}_{rank:02d}_{Path(ts.paths[i]).stem}_{ts.defects[i]}.png"
+        mask = ts.masks[i].numpy() if ts.masks is not None else None
+        overlay_png(
+            out / name,
+            ts.images[i].permute(1, 2, 0).numpy(),
+            maps[i].numpy(),
+            f"{ts.paths[i]}  score {float(scores[i]):.4f}",
+            mask,
+            vmax,
+        )
+        written.append(str(out / name))
+    return written
+
+
+def write_curves(
+    out: Path, scores: np.ndarray, labels: np.ndarray, pro: tuple[np.ndarray, np.ndarray] | None
+) -> list[str]:
+    written = []
+    if 0 < labels.sum() < len(labels):
+        fpr, tpr, _ = roc_curve(labels, scores)
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.plot(fpr, tpr)
+        ax.plot([0, 1], [0, 1], "k:", lw=0.5)
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="image ROC")
+        _save(fig, out / "roc_image.png")
+        written.append(str(out / "roc_image.png"))
+    if pro is not None and len(pro[0]):
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.plot(pro[0], pro[1])
+        ax.axvline(0.3, color="k", ls=":", lw=0.5)
+        ax.set(
+            xlabel="false positive rate (pixels)", ylabel="per-region overlap", title="PRO curve"
+        )
+        _save(fig, out / "pro_curve.png")
+        written.append(str(out / "pro_curve.png"))
+    return written

@@ -1,0 +1,106 @@
+"""Scoring new images with a checkpoint: a CSV row per image plus overlay PNGs."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import atomic_write_text, ensure_writable_dir
+from .checkpoint import load_model
+from .data.images import image_tensor, list_images
+from .errors import UserError
+from .inference import predict_maps, prepare_model, resolve_device
+
+
+def collect_images(inputs: list[Path]) -> list[Path]:
+    paths: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            found = list_images(item)
+            if not found:
+                raise UserError(
+                    f"{item} holds no images (.png, .jpg, .bmp); pass image files or a folder of them"
+                )
+            paths.extend(found)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise UserError(f"{item} does not exist; pass image files or folders")
+    return paths
+
+
+def predict(
+    checkpoint: Path,
+    inputs: list[Path],
+    out: Path,
+    *,
+    threshold: float | None = None,
+    overlays: bool = True,
+    device: str = "auto",
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
+    """Write ``out/predictions.csv`` (path, score, anomalous, threshold) and overlays."""
+    out = ensure_writable_dir(Path(out))
+    model, state = load_model(Path(checkpoint))
+    if threshold is None:
+        threshold = state.get("threshold")
+    if threshold is None:
+        raise UserError(
+            f"no threshold: {checkpoint} recorded none (it was trained without a validation "
+            "split); pass --threshold VALUE"
+        )
+    paths = collect_images(inputs)
+    cfg = state.get("config", {})
+    size = int(cfg.get("image_size", 256))
+    images = torch.stack([image_tensor(p, size) for p in paths])
+    dev = resolve_device(device)
+    channels_last = bool(cfg.get("channels_last", True))
+    model = prepare_model(model, dev, channels_last)
+    maps, scores = predict_maps(
+        model,
+        images,
+        device=dev,
+        batch_size=batch_size,
+        amp=bool(cfg.get("amp", True)),
+        channels_last=channels_last,
+    )
+    maps, scores = maps.cpu(), scores.cpu()
+    rows = [
+        {
+            "path": str(p),
+            "score": float(s),
+            "anomalous": "yes" if float(s) >= threshold else "no",
+            "threshold": threshold,
+        }
+        for p, s in zip(paths, scores, strict=True)
+    ]
+    if overlays:
+        from .plots import overlay_png
+
+        vmax = float(maps.max())
+        for i, (p, row) in enumerate(zip(paths, rows, strict=True)):
+            title = f"{p}  score {row['score']:.4f}  anomalous: {row['anomalous']}"
+            name = f"{i:04d}_{p.stem}.png"
+            overlay_png(
+                out / "overlays" / name,
+                images[i].permute(1, 2, 0).numpy(),
+                maps[i].numpy(),
+                title,
+                vmax=vmax,
+            )
+            row["overlay"] = str(out / "overlays" / name)
+    buf = io.StringIO()
+    writer = csv.DictWriter(
+        buf,
+        fieldnames=["path", "score", "anomalous", "threshold", "overlay"],
+        extrasaction="ignore",
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "predictions.csv", buf.getvalue())
+    return rows

@@ -1,0 +1,287 @@
+"""Single-process, device-agnostic training of one category.
+
+Ray and MLflow attach through ``callbacks`` (a metrics dict per epoch) without this
+module importing them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .atomic import atomic_write_text, ensure_writable_dir
+from .checkpoint import read_checkpoint, save_checkpoint
+from .data import category_tensors, load_category
+from .errors import CheckpointError, TrainingDiverged, UserError
+from .evaluate import best_f1_threshold, score_tensor_set
+from .inference import autocast, predict_maps, prepare_model, resolve_device, to_input
+from .losses import SKRD4ADLoss
+from .models import build_model
+
+Callback = Callable[[dict[str, Any]], None]
+LAST = "last.pt"
+BEST = "best.pt"
+MODEL = "model.pt"
+SELECT = ("last", "best-val")
+# Settings that change what a checkpoint's weights mean; resuming with others is an error.
+_FIXED_ON_RESUME = ("backbone", "skip", "image_size", "teacher_weights", "seed", "category")
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting; defaults are the published ones where the paper has one."""
+
+    data: str = "data/default"
+    category: str | None = None
+    out: str = "runs/train"
+    layout: str = "auto"
+    train_fraction: float = 0.5
+    backbone: str = "wide_resnet50_2"
+    teacher_weights: str = "imagenet"
+    skip: str = "sk"
+    image_size: int = 256
+    epochs: int = 200
+    batch_size: int = 16
+    lr: float = 0.005
+    betas: tuple[float, float] = (0.5, 0.999)
+    alpha: float = 0.0
+    beta: float = 1.0
+    gamma: float = 0.05
+    seed: int = 111
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    checkpoint_every: int = 10
+    val_fraction: float = 0.1
+    val_every: int = 10
+    select: str = "last"
+    resume: bool = False
+    progress: bool = True
+    eval_batch_size: int = 32
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UserError(f"unknown training settings {unknown}; known: {sorted(names)}")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "image_size", "checkpoint_every", "val_every"):
+            if getattr(self, name) < 1:
+                raise UserError(
+                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
+                )
+        if self.image_size % 32:
+            raise UserError(
+                f"--image-size must be a multiple of 32 (the teacher's stride), got {self.image_size}"
+            )
+        for name in ("alpha", "beta", "gamma", "lr"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise UserError(f"--{name} must be a finite number >= 0, got {value}")
+        if self.select not in SELECT:
+            raise UserError(f"--select must be one of {SELECT}, got {self.select!r}")
+        if self.select == "best-val" and self.val_fraction <= 0:
+            raise UserError("--select best-val needs a validation split: set --val-fraction > 0")
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    model_path: Path
+    epochs_run: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    threshold: float | None = None
+    val_metrics: dict[str, Any] | None = None
+
+
+def _check_resume(state: dict, cfg: TrainConfig, path: Path) -> None:
+    old = state.get("config", {})
+    for key in _FIXED_ON_RESUME:
+        if key in old and old[key] != getattr(cfg, key):
+            raise CheckpointError(
+                f"cannot resume from {path}: it was trained with {key}={old[key]!r}, not "
+                f"{getattr(cfg, key)!r}; use the same setting or a new --out"
+            )
+
+
+def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
+    """Train one category. Writes last.pt every ``checkpoint_every`` epochs and at the end,
+    best.pt when selecting on validation, and model.pt (the final model)."""
+    cfg.validate()
+    out = ensure_writable_dir(Path(cfg.out))
+    device = resolve_device(cfg.device)
+    data = load_category(
+        Path(cfg.data), cfg.category, cfg.layout, train_fraction=cfg.train_fraction, seed=cfg.seed
+    )
+    cfg.category = cfg.category or data.name
+    train_set, val_set = category_tensors(data, cfg.image_size, cfg.val_fraction, cfg.seed)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.backbone, cfg.teacher_weights, cfg.skip)
+    model = prepare_model(model, device, cfg.channels_last)
+    params = [*model.bottleneck.parameters(), *model.decoder.parameters()]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
+    loss_fn = SKRD4ADLoss(cfg.alpha, cfg.beta, cfg.gamma)
+
+    start_epoch, history, best = 0, [], {"value": -math.inf, "epoch": None}
+    last_path = out / LAST
+    if cfg.resume:
+        if not last_path.is_file():
+            raise CheckpointError(
+                f"--resume: no checkpoint {last_path} to resume from; drop --resume"
+            )
+        state = read_checkpoint(last_path)
+        _check_resume(state, cfg, last_path)
+        model.teacher.load_state_dict(state["teacher"])
+        model.bottleneck.load_state_dict(state["bottleneck"])
+        model.decoder.load_state_dict(state["decoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"], list(state.get("history", []))
+        best = state.get("best", best)
+
+    def checkpoint(path: Path, epoch: int) -> None:
+        save_checkpoint(
+            path,
+            model,
+            optimizer=optimizer.state_dict(),
+            epoch=epoch,
+            config=cfg.to_dict(),
+            history=history,
+            best=best,
+        )
+
+    n = len(train_set)
+    callbacks = list(callbacks)
+    for epoch in range(start_epoch, cfg.epochs):
+        model.bottleneck.train()
+        model.decoder.train()
+        # A per-epoch generator makes the shuffle a function of (seed, epoch), so a resumed
+        # run sees the same batches as an uninterrupted one.
+        order = torch.randperm(
+            n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        )
+        sums = {"loss": 0.0, "l2": 0.0, "cosine": 0.0, "consistency": 0.0}
+        t0 = time.perf_counter()
+        batches = range(0, n, cfg.batch_size)
+        bar = tqdm(
+            batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False
+        )
+        for start in bar:
+            idx = order[start : start + cfg.batch_size]
+            x = to_input(train_set.images[idx], device, cfg.channels_last)
+            with autocast(device, cfg.amp):
+                teacher = model.teacher(x)
+                student = model.student(teacher)
+            loss, terms = loss_fn(teacher, student)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss became {float(loss)} in epoch {epoch + 1}; stopped, and the last good "
+                    f"checkpoint {last_path if last_path.exists() else '(none yet)'} is kept. "
+                    "Lower --lr or check the input images"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            k = len(idx)
+            sums["loss"] += float(loss.detach()) * k
+            for name, value in terms.items():
+                sums[name] += float(value) * k
+            bar.set_postfix(
+                loss=f"{float(loss.detach()):.4f}",
+                img_s=f"{(start + k) / (time.perf_counter() - t0):.1f}",
+            )
+        seconds = time.perf_counter() - t0
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            **{k: v / n for k, v in sums.items()},
+            "epoch_s": seconds,
+            "images_per_s": n / seconds,
+        }
+        final = epoch + 1 == cfg.epochs
+        if val_set is not None and ((epoch + 1) % cfg.val_every == 0 or final):
+            maps, scores = predict_maps(
+                model,
+                val_set.images,
+                device=device,
+                batch_size=cfg.eval_batch_size,
+                amp=cfg.amp,
+                channels_last=cfg.channels_last,
+            )
+            val = score_tensor_set(maps, scores, val_set)
+            metrics.update({f"val_{k}": v for k, v in val.items() if isinstance(v, float)})
+            objective = val.get("aupro")
+            if objective is not None and not math.isnan(objective) and objective > best["value"]:
+                best = {"value": objective, "epoch": epoch + 1}
+                if cfg.select == "best-val":
+                    checkpoint(out / BEST, epoch + 1)
+        history.append(metrics)
+        if cfg.progress:
+            tqdm.write(
+                f"epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} "
+                f"({metrics['images_per_s']:.1f} img/s)"
+                + (f" val AUPRO {metrics['val_aupro']:.4f}" if "val_aupro" in metrics else "")
+            )
+        for cb in callbacks:
+            cb(dict(metrics))
+        if (epoch + 1) % cfg.checkpoint_every == 0 or final:
+            checkpoint(last_path, epoch + 1)
+
+    return _finalise(cfg, out, model, val_set, history, best, device)
+
+
+def _finalise(cfg, out, model, val_set, history, best, device) -> TrainResult:
+    source = out / (BEST if cfg.select == "best-val" and (out / BEST).exists() else LAST)
+    state = read_checkpoint(source)
+    for part in ("teacher", "bottleneck", "decoder"):
+        getattr(model, part).load_state_dict(state[part])
+    threshold, val_metrics = None, None
+    if val_set is not None:
+        maps, scores = predict_maps(
+            model,
+            val_set.images,
+            device=device,
+            batch_size=cfg.eval_batch_size,
+            amp=cfg.amp,
+            channels_last=cfg.channels_last,
+        )
+        val_metrics = score_tensor_set(maps, scores, val_set)
+        threshold = best_f1_threshold(scores, val_set.labels)
+    model_path = out / MODEL
+    save_checkpoint(
+        model_path,
+        model,
+        epoch=state["epoch"],
+        config=cfg.to_dict(),
+        history=history,
+        best=best,
+        threshold=threshold,
+        val_metrics=val_metrics,
+        selected_from=source.name,
+    )
+    atomic_write_text(out / "train_history.json", _json(history))
+    return TrainResult(out, model_path, len(history), history, threshold, val_metrics)
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=1, allow_nan=True) + "\n"
