@@ -40,7 +40,7 @@ def machine() -> dict:
 def timeit(fn: Callable[[], object], repeat: int = 5, sync: bool = False) -> dict:
     """Wall times of ``repeat`` calls after one warm-up call: first, median, best (seconds)."""
     times = []
-    for i in range(repeat + 1):
+    for _ in range(repeat + 1):
         if sync:
             torch.cuda.synchronize()
         t0 = time.perf_counter()

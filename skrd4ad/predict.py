@@ -24,7 +24,7 @@ def collect_images(inputs: list[Path]) -> list[Path]:
             found = list_images(item)
             if not found:
                 raise UserError(
-                    f"{item} holds no images (.png, .jpg, .bmp); pass image files or a folder of them"
+                    f"{item} holds no images (.png, .jpg, .bmp); pass images or a folder of them"
                 )
             paths.extend(found)
         elif item.is_file():

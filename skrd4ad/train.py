@@ -91,7 +91,7 @@ class TrainConfig:
                 )
         if self.image_size % 32:
             raise UserError(
-                f"--image-size must be a multiple of 32 (the teacher's stride), got {self.image_size}"
+                f"--image-size must be a multiple of 32 (teacher stride), got {self.image_size}"
             )
         for name in ("alpha", "beta", "gamma", "lr"):
             value = getattr(self, name)
