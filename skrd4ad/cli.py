@@ -214,11 +214,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_path(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    args = parser.parse_args(argv)
-    if not getattr(args, "config", None):
-        return args
-    path = Path(args.config)
+    """Parse ``argv``; values from ``--config`` become the subcommand's defaults first, so
+    flags on the command line still win."""
+    config = _config_path(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    subparsers = parser._subparsers._group_actions[0].choices  # noqa: SLF001
+    if config is None or command not in subparsers:
+        return parser.parse_args(argv)
+    path = Path(config)
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
@@ -229,15 +242,20 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.
         raise UserError(f"config {path} is not valid YAML ({exc})") from exc
     if not isinstance(loaded, dict):
         raise UserError(f"config {path} must be a mapping of flag: value")
-    subparser = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
-    dests = {a.dest for a in subparser._actions}  # noqa: SLF001
+    subparser = subparsers[command]
+    actions = {a.dest: a for a in subparser._actions if a.dest not in ("help", "config")}  # noqa: SLF001
     values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
-    unknown = sorted(set(values) - dests)
+    unknown = sorted(set(values) - set(actions))
     if unknown:
         raise UserError(f"config {path}: unknown keys {unknown}; use this command's flag names")
-    for action in subparser._actions:  # noqa: SLF001
-        if action.dest in values:
-            action.required = False
+    for dest, value in values.items():
+        action = actions[dest]
+        action.required = False
+        if action.type is not None and not isinstance(value, list | bool):
+            try:
+                values[dest] = action.type(value) if value is not None else None
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+                raise UserError(f"config {path}: {dest}: {exc}") from exc
     subparser.set_defaults(**values)
     return parser.parse_args(argv)
 

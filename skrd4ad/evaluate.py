@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write_text, ensure_writable_dir
-from .data import TensorSet, load_category, test_tensors
+from .data import TensorSet, decode_test_split, load_category
 from .metrics import aupro, image_auroc, pixel_auroc, pro_curve
 
 NO_MASKS = "the dataset has no ground-truth masks (image-level only)"
@@ -79,7 +79,7 @@ def evaluate(
         Path(data), category, layout, train_fraction=fraction, seed=cfg.get("seed", 111)
     )
     t0 = time.perf_counter()
-    ts = test_tensors(cat, size)
+    ts = decode_test_split(cat, size)
     t_decode = time.perf_counter() - t0
 
     model = prepare_model(model, dev, channels_last)

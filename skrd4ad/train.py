@@ -204,7 +204,7 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
             k = len(idx)
             sums["loss"] += float(loss.detach()) * k
             for name, value in terms.items():
-                sums[name] += float(value) * k
+                sums[name] += float(value.detach()) * k
             bar.set_postfix(
                 loss=f"{float(loss.detach()):.4f}",
                 img_s=f"{(start + k) / (time.perf_counter() - t0):.1f}",

@@ -39,3 +39,36 @@ def hazelnut_root() -> Path:
 @pytest.fixture(autouse=True)
 def _small_threads():
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    from skrd4ad.data import make_default_dataset
+
+    root = tmp_path_factory.mktemp("default")
+    make_default_dataset(
+        root, image_size=64, crop_size=128, n_train=12, n_test_good=4, n_test_defect=2
+    )
+    return root
+
+
+def tiny_config(data: Path, out: Path, **overrides):
+    from skrd4ad.train import TrainConfig
+
+    base = dict(
+        data=str(data),
+        category="brick",
+        out=str(out),
+        backbone="resnet18",
+        teacher_weights="none",
+        image_size=64,
+        epochs=4,
+        batch_size=4,
+        checkpoint_every=2,
+        val_every=2,
+        val_fraction=0.25,
+        progress=False,
+        seed=5,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)

@@ -3,7 +3,7 @@
 from .default_dataset import DEFAULT_CATEGORIES, make_default_dataset
 from .images import IMAGE_EXTENSIONS, MaskSizeWarning, normalize
 from .layouts import LAYOUTS, CategoryData, Sample, list_categories, load_category
-from .tensors import TensorSet, category_tensors, decode, test_tensors
+from .tensors import TensorSet, category_tensors, decode, decode_test_split
 from .visa import prepare_visa
 
 __all__ = [
@@ -21,5 +21,5 @@ __all__ = [
     "make_default_dataset",
     "normalize",
     "prepare_visa",
-    "test_tensors",
+    "decode_test_split",
 ]

@@ -94,5 +94,5 @@ def category_tensors(
     return train_set, val_set
 
 
-def test_tensors(data: CategoryData, size: int) -> TensorSet:
+def decode_test_split(data: CategoryData, size: int) -> TensorSet:
     return decode(data.test, size, with_masks=data.has_masks)

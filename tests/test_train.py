@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from skrd4ad.checkpoint import load_model, read_checkpoint
+from skrd4ad.errors import CheckpointError, TrainingDiverged
+from skrd4ad.evaluate import evaluate
+from skrd4ad.losses import SKRD4ADLoss
+from skrd4ad.train import fit
+
+
+def test_training_lowers_loss_checkpoints_and_evaluates(small_dataset, tmp_path):
+    seen = []
+    result = fit(tiny_config(small_dataset, tmp_path, epochs=6, lr=0.002), callbacks=[seen.append])
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    assert [m["epoch"] for m in seen] == list(range(1, 7))
+    assert {"loss", "cosine", "l2", "consistency", "images_per_s"} <= set(seen[0])
+    assert "val_aupro" in seen[1] and "val_aupro" not in seen[0]
+    for name in ("last.pt", "model.pt", "train_history.json"):
+        assert (tmp_path / name).is_file()
+    state = read_checkpoint(tmp_path / "model.pt")
+    assert state["epoch"] == 6 and state["config"]["backbone"] == "resnet18"
+    assert state["threshold"] is not None
+    assert {"teacher", "bottleneck", "decoder"} <= set(state)
+    metrics = evaluate(
+        tmp_path / "model.pt", small_dataset, "brick", tmp_path / "eval", overlays=1, curves=True
+    )
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["counts"] == {
+        "test": 12,
+        "normal": 4,
+        "anomalous": 8,
+        "by_defect": {"good": 4, "hole": 2, "patch": 2, "scratch": 2, "stain": 2},
+    }
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert 0.0 <= written[key] <= 1.0 and written[key] == metrics[key]
+    assert {"inference_s", "metrics_s", "decode_s", "total_s"} <= set(written["timings"])
+    assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == 2
+    assert (tmp_path / "eval" / "pro_curve.png").is_file()
+
+
+def test_random_teacher_is_stored_so_evaluation_needs_only_the_checkpoint(small_dataset, tmp_path):
+    fit(tiny_config(small_dataset, tmp_path, epochs=1, val_fraction=0))
+    model, _ = load_model(tmp_path / "model.pt")
+    x = torch.randn(1, 3, 64, 64)
+    again, _ = load_model(tmp_path / "model.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[1][0], again(x)[1][0])
+
+
+def test_resume_continues_at_the_right_epoch_with_the_same_optimizer(small_dataset, tmp_path):
+    straight = fit(tiny_config(small_dataset, tmp_path / "a", epochs=4, val_fraction=0))
+    fit(tiny_config(small_dataset, tmp_path / "b", epochs=2, val_fraction=0))
+    mid = read_checkpoint(tmp_path / "b" / "last.pt")
+    assert mid["epoch"] == 2
+    seen = []
+    resumed = fit(
+        tiny_config(small_dataset, tmp_path / "b", epochs=4, val_fraction=0, resume=True),
+        callbacks=[seen.append],
+    )
+    assert [m["epoch"] for m in seen] == [3, 4]
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    for a, b in zip(straight.history, resumed.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    sa = read_checkpoint(tmp_path / "a" / "last.pt")
+    sb = read_checkpoint(tmp_path / "b" / "last.pt")
+    for key, value in sa["decoder"].items():
+        torch.testing.assert_close(value, sb["decoder"][key], rtol=1e-5, atol=1e-6)
+    exp_a = sa["optimizer"]["state"][0]["exp_avg"]
+    torch.testing.assert_close(exp_a, sb["optimizer"]["state"][0]["exp_avg"], rtol=1e-4, atol=1e-7)
+    assert sa["optimizer"]["state"][0]["step"] == sb["optimizer"]["state"][0]["step"]
+
+
+def test_resume_with_other_backbone_is_refused(small_dataset, tmp_path):
+    fit(tiny_config(small_dataset, tmp_path, epochs=2, val_fraction=0))
+    with pytest.raises(CheckpointError, match="backbone='resnet18'"):
+        fit(
+            tiny_config(
+                small_dataset, tmp_path, epochs=3, val_fraction=0, resume=True, backbone="resnet34"
+            )
+        )
+
+
+def test_nan_loss_stops_naming_the_epoch_and_keeps_last_good_checkpoint(
+    small_dataset, tmp_path, monkeypatch
+):
+    calls = {"n": 0}
+    original = SKRD4ADLoss.__call__
+
+    def flaky(self, teacher, student):
+        calls["n"] += 1
+        total, terms = original(self, teacher, student)
+        if calls["n"] > 3 * 3:  # 3 batches per epoch: epochs 1-3 are fine, epoch 4 is not
+            total = total * float("nan")
+        return total, terms
+
+    monkeypatch.setattr(SKRD4ADLoss, "__call__", flaky)
+    with pytest.raises(TrainingDiverged, match="epoch 4"):
+        fit(tiny_config(small_dataset, tmp_path, epochs=6, val_fraction=0))
+    state = read_checkpoint(tmp_path / "last.pt")
+    assert state["epoch"] == 2
+    assert all(torch.isfinite(v).all() for v in state["decoder"].values() if v.is_floating_point())
+
+
+def test_best_val_selection_uses_validation_only(small_dataset, tmp_path):
+    result = fit(tiny_config(small_dataset, tmp_path, epochs=4, select="best-val"))
+    state = read_checkpoint(result.model_path)
+    assert state["selected_from"] == "best.pt"
+    best = state["best"]
+    assert best["epoch"] in (2, 4)
+    vals = {h["epoch"]: h["val_aupro"] for h in result.history if "val_aupro" in h}
+    assert best["value"] == max(vals.values())
