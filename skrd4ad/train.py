@@ -179,40 +179,42 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
         order = torch.randperm(
             n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         )
-        sums = {"loss": 0.0, "l2": 0.0, "cosine": 0.0, "consistency": 0.0}
+        # Sums stay on the device: reading a loss every step would stall a GPU.
+        sums = torch.zeros(4, dtype=torch.float64, device=device)
         t0 = time.perf_counter()
         batches = range(0, n, cfg.batch_size)
         bar = tqdm(
             batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False
         )
-        for start in bar:
+        for step, start in enumerate(bar):
             idx = order[start : start + cfg.batch_size]
             x = to_input(train_set.images[idx], device, cfg.channels_last)
             with autocast(device, cfg.amp):
                 teacher = model.teacher(x)
                 student = model.student(teacher)
             loss, terms = loss_fn(teacher, student)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {float(loss)} in epoch {epoch + 1}; stopped, and the last good "
-                    f"checkpoint {last_path if last_path.exists() else '(none yet)'} is kept. "
-                    "Lower --lr or check the input images"
-                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            k = len(idx)
-            sums["loss"] += float(loss.detach()) * k
-            for name, value in terms.items():
-                sums[name] += float(value.detach()) * k
-            bar.set_postfix(
-                loss=f"{float(loss.detach()):.4f}",
-                img_s=f"{(start + k) / (time.perf_counter() - t0):.1f}",
-            )
+            values = torch.stack([loss, terms["l2"], terms["cosine"], terms["consistency"]])
+            sums += values.detach().double() * len(idx)
+            if cfg.progress and (step % 10 == 0 or start + cfg.batch_size >= n):
+                done = start + len(idx)
+                bar.set_postfix(
+                    loss=f"{float(sums[0]) / done:.4f}",
+                    img_s=f"{done / (time.perf_counter() - t0):.1f}",
+                )
+        totals = (sums / n).tolist()
         seconds = time.perf_counter() - t0
+        if not all(math.isfinite(v) for v in totals):
+            raise TrainingDiverged(
+                f"loss became {totals[0]} in epoch {epoch + 1}; stopped, and the last good "
+                f"checkpoint {last_path if last_path.exists() else '(none yet)'} is kept. "
+                "Lower --lr or check the input images"
+            )
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
-            **{k: v / n for k, v in sums.items()},
+            **dict(zip(("loss", "l2", "cosine", "consistency"), totals, strict=True)),
             "epoch_s": seconds,
             "images_per_s": n / seconds,
         }
