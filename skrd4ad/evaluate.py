@@ -82,7 +82,7 @@ def evaluate(
     ts = decode_test_split(cat, size)
     t_decode = time.perf_counter() - t0
 
-    model = prepare_model(model, dev, channels_last)
+    model = prepare_model(model, dev, channels_last, inference_only=True)
     t0 = time.perf_counter()
     maps, scores = predict_maps(
         model, ts.images, device=dev, batch_size=batch_size, amp=amp, channels_last=channels_last

@@ -9,6 +9,7 @@ import torch
 from .anomaly_map import anomaly_map, image_score
 from .data.images import normalize
 from .models import SKRD4AD
+from .models.fuse import fold_batchnorm
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -30,7 +31,13 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return contextlib.nullcontext()
 
 
-def prepare_model(model: SKRD4AD, device: torch.device, channels_last: bool) -> SKRD4AD:
+def prepare_model(
+    model: SKRD4AD, device: torch.device, channels_last: bool, inference_only: bool = False
+) -> SKRD4AD:
+    """Move ``model`` to ``device``; a model used only for inference also gets its
+    BatchNorm layers folded into the convolutions (in place: it can no longer train)."""
+    if inference_only:
+        model = fold_batchnorm(model, inplace=True)
     model = model.to(device)
     if channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -44,7 +51,7 @@ def to_input(images: torch.Tensor, device: torch.device, channels_last: bool) ->
     return x
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_maps(
     model: SKRD4AD,
     images: torch.Tensor,

@@ -60,7 +60,7 @@ def predict(
     images = torch.stack([image_tensor(p, size) for p in paths])
     dev = resolve_device(device)
     channels_last = bool(cfg.get("channels_last", True))
-    model = prepare_model(model, dev, channels_last)
+    model = prepare_model(model, dev, channels_last, inference_only=True)
     maps, scores = predict_maps(
         model,
         images,

@@ -99,3 +99,26 @@ def test_skip_topologies_are_data():
         resolve_skip("bogus")
     with pytest.raises(ValueError, match="unknown backbone"):
         build_model("vgg16", teacher_weights="none")
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+def test_batchnorm_folding_keeps_outputs(backbone):
+    from skrd4ad.anomaly_map import anomaly_map
+    from skrd4ad.models.fuse import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = build_model(backbone, teacher_weights="none").eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial statistics
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.1, 0.1)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # a copy
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = anomaly_map(*model(x), 64)
+        actual = anomaly_map(*folded(x), 64)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)

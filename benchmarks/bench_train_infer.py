@@ -1,0 +1,189 @@
+"""Training throughput and inference latency/memory of SK-RD4AD (wide_resnet50_2, 256 px).
+
+Compares skrd4ad with a published-style loop measured the same way on the same machine:
+the published teacher also computes layer4 (and discards it) and keeps an autograd graph
+through the frozen teacher (its parameters still require grad).
+
+Each measurement runs in a fresh process so that peak memory is its own.
+Run: python benchmarks/bench_train_infer.py [--device cpu|cuda] [--steps N] [--batch 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_result  # noqa: E402
+
+from skrd4ad import build_model  # noqa: E402
+from skrd4ad.anomaly_map import anomaly_map, image_score  # noqa: E402
+from skrd4ad.inference import autocast, predict_maps, prepare_model  # noqa: E402
+from skrd4ad.losses import SKRD4ADLoss  # noqa: E402
+
+
+class PublishedStyleTeacher(torch.nn.Module):
+    """The same trunk, run as the published code runs it: layer4 computed, grads enabled."""
+
+    def __init__(self, teacher: torch.nn.Module, backbone: str) -> None:
+        super().__init__()
+        import torchvision
+
+        full = getattr(torchvision.models, backbone)(weights=None)
+        full.load_state_dict(teacher.state_dict(), strict=False)
+        self.full = full.eval()
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f = self.full
+        x = f.maxpool(f.relu(f.bn1(f.conv1(x))))
+        a = f.layer1(x)
+        b = f.layer2(a)
+        c = f.layer3(b)
+        f.layer4(c)  # computed and thrown away, as in the published encoder
+        return [a, b, c]
+
+
+def worker(
+    mode: str, task: str, backbone: str, size: int, batch: int, steps: int, device: str
+) -> dict:
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model = build_model(backbone, teacher_weights="none", skip="sk").to(dev)
+    teacher = (
+        model.teacher
+        if mode == "skrd4ad"
+        else PublishedStyleTeacher(model.teacher, backbone).to(dev)
+    )
+    use_amp = mode == "skrd4ad" and dev.type == "cuda"
+    if use_amp:
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, size, size, device=dev)
+    if use_amp:
+        x = x.contiguous(memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    if task == "train":
+        params = [*model.bottleneck.parameters(), *model.decoder.parameters()]
+        opt = torch.optim.Adam(params, lr=0.005, betas=(0.5, 0.999))
+        loss_fn = SKRD4ADLoss()
+        model.bottleneck.train()
+        model.decoder.train()
+
+        def step() -> None:
+            with autocast(dev, use_amp):
+                t = teacher(x)
+                s = model.student(t)
+            loss, _ = loss_fn(t, s)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    elif mode == "skrd4ad":
+        # The production path: BatchNorm folded, inference mode, on-device map and score.
+        model = prepare_model(model, dev, use_amp, inference_only=True)
+        images = (torch.rand(1, 3, size, size) * 255).to(torch.uint8)
+
+        def step() -> None:
+            predict_maps(
+                model, images, device=dev, batch_size=1, amp=use_amp, channels_last=use_amp
+            )
+    else:
+        model.eval()
+
+        def step() -> None:
+            with torch.no_grad():
+                t = teacher(x)
+                s = model.student(t)
+            image_score(anomaly_map(t, s, size))
+
+    step()  # warm-up
+    sync()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    median = times[len(times) // 2]
+    out = {
+        "mode": mode,
+        "task": task,
+        "batch": batch,
+        "steps": steps,
+        "median_step_s": median,
+        "s_per_image": median / batch,
+        "images_per_s": batch / median,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if dev.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--backbone", default="wide_resnet50_2")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=16, help="training batch")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--worker", nargs=3, metavar=("MODE", "TASK", "BATCH"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        mode, task, batch = args.worker
+        print(
+            json.dumps(
+                worker(mode, task, args.backbone, args.size, int(batch), args.steps, args.device)
+            )
+        )
+        return
+    runs = {}
+    for mode in ("skrd4ad", "published_style"):
+        for task, batch in (("train", args.batch), ("infer", 1)):
+            cmd = [
+                sys.executable,
+                __file__,
+                "--device",
+                args.device,
+                "--backbone",
+                args.backbone,
+                "--size",
+                str(args.size),
+                "--steps",
+                str(args.steps if task == "train" else 3 * args.steps),
+                "--worker",
+                mode,
+                task,
+                str(batch),
+            ]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            runs[f"{mode}_{task}"] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(runs[f"{mode}_{task}"], flush=True)
+    figures = {
+        "device": args.device,
+        "backbone": args.backbone,
+        "image_size": args.size,
+        **runs,
+        "train_speedup": runs["published_style_train"]["s_per_image"]
+        / runs["skrd4ad_train"]["s_per_image"],
+        "infer_speedup": runs["published_style_infer"]["s_per_image"]
+        / runs["skrd4ad_infer"]["s_per_image"],
+        "published_reference_cpu": {
+            "train_s_per_image_batch4": 1.64,
+            "infer_s_per_image_batch1": 0.56,
+        },
+    }
+    write_result("train_infer", figures)
+
+
+if __name__ == "__main__":
+    main()
