@@ -25,7 +25,8 @@ from _common import write_result  # noqa: E402
 
 from skrd4ad import build_model  # noqa: E402
 from skrd4ad.anomaly_map import anomaly_map, image_score  # noqa: E402
-from skrd4ad.inference import autocast, predict_maps, prepare_model  # noqa: E402
+from skrd4ad.data.images import normalize  # noqa: E402
+from skrd4ad.inference import autocast, predict_maps, prepare_model, to_input  # noqa: E402
 from skrd4ad.losses import SKRD4ADLoss  # noqa: E402
 
 
@@ -55,23 +56,23 @@ def worker(
 ) -> dict:
     dev = torch.device(device)
     torch.manual_seed(0)
-    model = build_model(backbone, teacher_weights="none", skip="sk").to(dev)
-    teacher = (
-        model.teacher
-        if mode == "skrd4ad"
-        else PublishedStyleTeacher(model.teacher, backbone).to(dev)
-    )
-    use_amp = mode == "skrd4ad" and dev.type == "cuda"
-    if use_amp:
-        model = model.to(memory_format=torch.channels_last)
-    x = torch.randn(batch, 3, size, size, device=dev)
-    if use_amp:
-        x = x.contiguous(memory_format=torch.channels_last)
+    model = build_model(backbone, teacher_weights="none", skip="sk")
+    ours = mode == "skrd4ad"
+    amp = ours and dev.type == "cuda"
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    images = (torch.rand(batch, 3, size, size) * 255).to(torch.uint8)
 
-    if task == "train":
+    if ours and task == "infer":
+        # The production path: BatchNorm folded, inference mode, on-device map and score.
+        model = prepare_model(model, dev, True, inference_only=True)
+
+        def step() -> None:
+            predict_maps(model, images, device=dev, batch_size=batch, amp=amp, channels_last=True)
+    elif ours:
+        # The production training step (skrd4ad.train.fit): channels_last, bf16 on CUDA.
+        model = prepare_model(model, dev, True)
         params = [*model.bottleneck.parameters(), *model.decoder.parameters()]
         opt = torch.optim.Adam(params, lr=0.005, betas=(0.5, 0.999))
         loss_fn = SKRD4ADLoss()
@@ -79,30 +80,40 @@ def worker(
         model.decoder.train()
 
         def step() -> None:
-            with autocast(dev, use_amp):
-                t = teacher(x)
+            x = to_input(images, dev, True)
+            with autocast(dev, amp):
+                t = model.teacher(x)
                 s = model.student(t)
             loss, _ = loss_fn(t, s)
             opt.zero_grad()
             loss.backward()
             opt.step()
-    elif mode == "skrd4ad":
-        # The production path: BatchNorm folded, inference mode, on-device map and score.
-        model = prepare_model(model, dev, use_amp, inference_only=True)
-        images = (torch.rand(1, 3, size, size) * 255).to(torch.uint8)
-
-        def step() -> None:
-            predict_maps(
-                model, images, device=dev, batch_size=1, amp=use_amp, channels_last=use_amp
-            )
     else:
-        model.eval()
+        model = model.to(dev)
+        teacher = PublishedStyleTeacher(model.teacher, backbone).to(dev)
+        x = normalize(images.to(dev))
+        if task == "train":
+            params = [*model.bottleneck.parameters(), *model.decoder.parameters()]
+            opt = torch.optim.Adam(params, lr=0.005, betas=(0.5, 0.999))
+            loss_fn = SKRD4ADLoss()
+            model.bottleneck.train()
+            model.decoder.train()
 
-        def step() -> None:
-            with torch.no_grad():
+            def step() -> None:
                 t = teacher(x)
                 s = model.student(t)
-            image_score(anomaly_map(t, s, size))
+                loss, _ = loss_fn(t, s)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        else:
+            model.eval()
+
+            def step() -> None:
+                with torch.no_grad():
+                    t = teacher(x)
+                    s = model.student(t)
+                image_score(anomaly_map(t, s, size))
 
     step()  # warm-up
     sync()
@@ -147,8 +158,10 @@ def main() -> None:
         )
         return
     runs = {}
+    plan = [("train", args.batch), ("train", 4), ("infer", 1)]
     for mode in ("skrd4ad", "published_style"):
-        for task, batch in (("train", args.batch), ("infer", 1)):
+        for task, batch in plan:
+            steps = args.steps if task == "train" else 5 * args.steps
             cmd = [
                 sys.executable,
                 __file__,
@@ -159,28 +172,37 @@ def main() -> None:
                 "--size",
                 str(args.size),
                 "--steps",
-                str(args.steps if task == "train" else 3 * args.steps),
+                str(steps),
                 "--worker",
                 mode,
                 task,
                 str(batch),
             ]
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            runs[f"{mode}_{task}"] = json.loads(done.stdout.strip().splitlines()[-1])
-            print(runs[f"{mode}_{task}"], flush=True)
+            key = f"{mode}_{task}_b{batch}"
+            runs[key] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(key, runs[key], flush=True)
+
+    def ratio(task: str, batch: int) -> float:
+        a, b = runs[f"published_style_{task}_b{batch}"], runs[f"skrd4ad_{task}_b{batch}"]
+        return a["s_per_image"] / b["s_per_image"]
+
+    published = {"train_s_per_image_batch4": 1.64, "infer_s_per_image_batch1": 0.56}
     figures = {
         "device": args.device,
         "backbone": args.backbone,
         "image_size": args.size,
         **runs,
-        "train_speedup": runs["published_style_train"]["s_per_image"]
-        / runs["skrd4ad_train"]["s_per_image"],
-        "infer_speedup": runs["published_style_infer"]["s_per_image"]
-        / runs["skrd4ad_infer"]["s_per_image"],
-        "published_reference_cpu": {
-            "train_s_per_image_batch4": 1.64,
-            "infer_s_per_image_batch1": 0.56,
-        },
+        f"train_speedup_same_machine_b{args.batch}": ratio("train", args.batch),
+        "train_speedup_same_machine_b4": ratio("train", 4),
+        "infer_speedup_same_machine_b1": ratio("infer", 1),
+        "published_reference_cpu": published,
+        "train_speedup_vs_published_figure_b4": published["train_s_per_image_batch4"]
+        / runs["skrd4ad_train_b4"]["s_per_image"],
+        f"train_speedup_vs_published_figure_b{args.batch}": published["train_s_per_image_batch4"]
+        / runs[f"skrd4ad_train_b{args.batch}"]["s_per_image"],
+        "infer_speedup_vs_published_figure": published["infer_s_per_image_batch1"]
+        / runs["skrd4ad_infer_b1"]["s_per_image"],
     }
     write_result("train_infer", figures)
 

@@ -39,14 +39,14 @@ def prepare_model(
     if inference_only:
         model = fold_batchnorm(model, inplace=True)
     model = model.to(device)
-    if channels_last and device.type == "cuda":
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
 def to_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     x = normalize(images.to(device, non_blocking=True))
-    if channels_last and device.type == "cuda":
+    if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
