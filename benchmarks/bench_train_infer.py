@@ -57,8 +57,8 @@ def worker(
     dev = torch.device(device)
     torch.manual_seed(0)
     model = build_model(backbone, teacher_weights="none", skip="sk")
-    ours = mode == "skrd4ad"
-    amp = ours and dev.type == "cuda"
+    ours = mode.startswith("skrd4ad")
+    precision = "bf16" if mode.endswith("bf16") else "auto"
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -69,7 +69,9 @@ def worker(
         model = prepare_model(model, dev, True, inference_only=True)
 
         def step() -> None:
-            predict_maps(model, images, device=dev, batch_size=batch, amp=amp, channels_last=True)
+            predict_maps(
+                model, images, device=dev, batch_size=batch, precision=precision, channels_last=True
+            )
     elif ours:
         # The production training step (skrd4ad.train.fit): channels_last, bf16 on CUDA.
         model = prepare_model(model, dev, True)
@@ -81,7 +83,7 @@ def worker(
 
         def step() -> None:
             x = to_input(images, dev, True)
-            with autocast(dev, amp):
+            with autocast(dev, precision):
                 t = model.teacher(x)
                 s = model.student(t)
             loss, _ = loss_fn(t, s)
@@ -147,6 +149,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16, help="training batch")
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--bf16", action="store_true", help="also time the opt-in CPU bf16 path")
     ap.add_argument("--worker", nargs=3, metavar=("MODE", "TASK", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -159,7 +162,10 @@ def main() -> None:
         return
     runs = {}
     plan = [("train", args.batch), ("train", 4), ("infer", 1)]
-    for mode in ("skrd4ad", "published_style"):
+    modes = ["skrd4ad", "published_style"]
+    if args.device == "cpu" and args.bf16:
+        modes.insert(1, "skrd4ad_bf16")
+    for mode in modes:
         for task, batch in plan:
             steps = args.steps if task == "train" else 5 * args.steps
             cmd = [
@@ -204,6 +210,13 @@ def main() -> None:
         "infer_speedup_vs_published_figure": published["infer_s_per_image_batch1"]
         / runs["skrd4ad_infer_b1"]["s_per_image"],
     }
+    if "skrd4ad_bf16_infer_b1" in runs:
+        figures["bf16_infer_speedup_vs_published_figure"] = (
+            published["infer_s_per_image_batch1"] / runs["skrd4ad_bf16_infer_b1"]["s_per_image"]
+        )
+        figures["bf16_train_speedup_vs_published_figure_b4"] = (
+            published["train_s_per_image_batch4"] / runs["skrd4ad_bf16_train_b4"]["s_per_image"]
+        )
     write_result("train_infer", figures)
 
 

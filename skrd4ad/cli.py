@@ -82,12 +82,19 @@ def _add_data_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
-def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
+def _add_runtime_flags(p: argparse.ArgumentParser, precision: str | None = "auto") -> None:
     p.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],
         default="auto",
         help="where to run (auto: CUDA when available)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default=precision,
+        help="auto = bf16 autocast on CUDA and float32 on CPU; bf16 runs on a CPU only when "
+        "named" + ("" if precision else " (default: the checkpoint's setting)"),
     )
     p.add_argument("--batch-size", type=int, default=None, help="images per batch")
 
@@ -153,7 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--gamma", type=float, default=0.05, help="weight of the inter-scale consistency loss"
     )
     p.add_argument("--seed", type=int, default=111, help="random seed (the published one is 111)")
-    p.add_argument("--amp", type=_bool, default=True, help="bf16 autocast on CUDA")
     p.add_argument(
         "--channels-last",
         type=_bool,
@@ -184,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backbone", default=None, help="fail unless the checkpoint holds this backbone"
     )
-    _add_runtime_flags(p)
+    _add_runtime_flags(p, precision=None)
     p.add_argument(
         "--overlays",
         type=int,
@@ -206,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         "validation threshold)",
     )
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
-    _add_runtime_flags(p)
+    _add_runtime_flags(p, precision=None)
 
     p = add("demo", "make the default dataset, train and evaluate every category (quick start)")
     p.add_argument("--out", default="runs/demo", help="run folder")
@@ -287,7 +293,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         gamma=args.gamma,
         seed=args.seed,
         device=args.device,
-        amp=args.amp,
+        precision=args.precision,
         channels_last=args.channels_last,
         checkpoint_every=args.checkpoint_every,
         val_fraction=args.val_fraction,
@@ -316,6 +322,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         layout=args.layout,
         device=args.device,
         batch_size=args.batch_size or 32,
+        precision=args.precision,
         overlays=args.overlays,
         curves=args.curves,
         backbone=args.backbone,
@@ -345,6 +352,7 @@ def _demo(args: argparse.Namespace) -> dict[str, Any]:
             epochs=args.epochs,
             batch_size=args.batch_size or 16,
             device=args.device,
+            precision=args.precision,
             checkpoint_every=max(1, args.epochs),
             val_every=max(1, args.epochs),
             val_fraction=0.25,
@@ -413,6 +421,7 @@ def run(argv: list[str] | None = None) -> int:
             overlays=not args.no_overlays,
             device=args.device,
             batch_size=args.batch_size or 32,
+            precision=args.precision,
         )
         result = {
             "predictions": str(Path(args.out) / "predictions.csv"),

@@ -61,6 +61,7 @@ def evaluate(
     curves: bool = False,
     backbone: str | None = None,
     train_fraction: float | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the test split; writes ``out/metrics.json`` atomically."""
     from .checkpoint import load_model
@@ -72,7 +73,8 @@ def evaluate(
     model, state = load_model(Path(checkpoint), expect_backbone=backbone)
     cfg = state.get("config", {})
     size = int(cfg.get("image_size", 256))
-    amp, channels_last = bool(cfg.get("amp", True)), bool(cfg.get("channels_last", True))
+    precision = precision or cfg.get("precision", "auto")
+    channels_last = bool(cfg.get("channels_last", True))
     # The folder layout's train/test split must be the one the model was trained with.
     fraction = train_fraction if train_fraction is not None else cfg.get("train_fraction", 0.5)
     cat = load_category(
@@ -85,7 +87,12 @@ def evaluate(
     model = prepare_model(model, dev, channels_last, inference_only=True)
     t0 = time.perf_counter()
     maps, scores = predict_maps(
-        model, ts.images, device=dev, batch_size=batch_size, amp=amp, channels_last=channels_last
+        model,
+        ts.images,
+        device=dev,
+        batch_size=batch_size,
+        precision=precision,
+        channels_last=channels_last,
     )
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -116,6 +123,7 @@ def evaluate(
             "total_s": time.perf_counter() - t_start,
         },
         "device": str(dev),
+        "precision": precision,
         "notes": cat.notes,
     }
     maps_cpu, scores_cpu = maps.cpu(), scores.cpu()

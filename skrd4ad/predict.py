@@ -43,6 +43,7 @@ def predict(
     overlays: bool = True,
     device: str = "auto",
     batch_size: int = 32,
+    precision: str | None = None,
 ) -> list[dict[str, Any]]:
     """Write ``out/predictions.csv`` (path, score, anomalous, threshold) and overlays."""
     out = ensure_writable_dir(Path(out))
@@ -66,7 +67,7 @@ def predict(
         images,
         device=dev,
         batch_size=batch_size,
-        amp=bool(cfg.get("amp", True)),
+        precision=precision or cfg.get("precision", "auto"),
         channels_last=channels_last,
     )
     maps, scores = maps.cpu(), scores.cpu()

@@ -22,7 +22,14 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .data import category_tensors, load_category
 from .errors import CheckpointError, TrainingDiverged, UserError
 from .evaluate import best_f1_threshold, score_tensor_set
-from .inference import autocast, predict_maps, prepare_model, resolve_device, to_input
+from .inference import (
+    PRECISIONS,
+    autocast,
+    predict_maps,
+    prepare_model,
+    resolve_device,
+    to_input,
+)
 from .losses import SKRD4ADLoss
 from .models import build_model
 
@@ -57,7 +64,7 @@ class TrainConfig:
     gamma: float = 0.05
     seed: int = 111
     device: str = "auto"
-    amp: bool = True
+    precision: str = "auto"
     channels_last: bool = True
     checkpoint_every: int = 10
     val_fraction: float = 0.1
@@ -97,6 +104,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise UserError(f"--{name} must be a finite number >= 0, got {value}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.select not in SELECT:
             raise UserError(f"--select must be one of {SELECT}, got {self.select!r}")
         if self.select == "best-val" and self.val_fraction <= 0:
@@ -189,7 +198,7 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
         for step, start in enumerate(bar):
             idx = order[start : start + cfg.batch_size]
             x = to_input(train_set.images[idx], device, cfg.channels_last)
-            with autocast(device, cfg.amp):
+            with autocast(device, cfg.precision):
                 teacher = model.teacher(x)
                 student = model.student(teacher)
             loss, terms = loss_fn(teacher, student)
@@ -225,7 +234,7 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
                 val_set.images,
                 device=device,
                 batch_size=cfg.eval_batch_size,
-                amp=cfg.amp,
+                precision=cfg.precision,
                 channels_last=cfg.channels_last,
             )
             val = score_tensor_set(maps, scores, val_set)
@@ -262,7 +271,7 @@ def _finalise(cfg, out, model, val_set, history, best, device) -> TrainResult:
             val_set.images,
             device=device,
             batch_size=cfg.eval_batch_size,
-            amp=cfg.amp,
+            precision=cfg.precision,
             channels_last=cfg.channels_last,
         )
         val_metrics = score_tensor_set(maps, scores, val_set)

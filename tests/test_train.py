@@ -115,3 +115,23 @@ def test_best_val_selection_uses_validation_only(small_dataset, tmp_path):
     assert best["epoch"] in (2, 4)
     vals = {h["epoch"]: h["val_aupro"] for h in result.history if "val_aupro" in h}
     assert best["value"] == max(vals.values())
+
+
+def test_bf16_on_cpu_only_when_named(small_dataset, tmp_path):
+    from skrd4ad.inference import autocast, predict_maps, prepare_model
+
+    cpu = torch.device("cpu")
+    with autocast(cpu, "auto"):
+        assert not torch.is_autocast_enabled("cpu")
+    with autocast(cpu, "bf16"):
+        assert torch.is_autocast_enabled("cpu")
+    fit(tiny_config(small_dataset, tmp_path, epochs=2, val_fraction=0))
+    model, _ = load_model(tmp_path / "model.pt")
+    model = prepare_model(model, cpu, True, inference_only=True)
+    images = torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8)
+    fp32, s32 = predict_maps(model, images, device=cpu, precision="fp32")
+    bf16, s16 = predict_maps(model, images, device=cpu, precision="bf16")
+    assert fp32.dtype == bf16.dtype == torch.float32
+    # bf16 changes the numbers a little, not the picture
+    assert float((fp32 - bf16).abs().mean()) < 0.05 * float(fp32.abs().mean())
+    assert not torch.equal(fp32, bf16)
