@@ -229,15 +229,7 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
         }
         final = epoch + 1 == cfg.epochs
         if val_set is not None and ((epoch + 1) % cfg.val_every == 0 or final):
-            maps, scores = predict_maps(
-                model,
-                val_set.images,
-                device=device,
-                batch_size=cfg.eval_batch_size,
-                precision=cfg.precision,
-                channels_last=cfg.channels_last,
-            )
-            val = score_tensor_set(maps, scores, val_set)
+            val, _ = _validate(model, val_set, cfg, device)
             metrics.update({f"val_{k}": v for k, v in val.items() if isinstance(v, float)})
             objective = val.get("aupro")
             if objective is not None and not math.isnan(objective) and objective > best["value"]:
@@ -259,6 +251,19 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
     return _finalise(cfg, out, model, val_set, history, best, device)
 
 
+def _validate(model, val_set, cfg: TrainConfig, device) -> tuple[dict[str, Any], torch.Tensor]:
+    """Metrics on the synthetic validation split, and its image scores."""
+    maps, scores = predict_maps(
+        model,
+        val_set.images,
+        device=device,
+        batch_size=cfg.eval_batch_size,
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+    )
+    return score_tensor_set(maps, scores, val_set), scores
+
+
 def _finalise(cfg, out, model, val_set, history, best, device) -> TrainResult:
     source = out / (BEST if cfg.select == "best-val" and (out / BEST).exists() else LAST)
     state = read_checkpoint(source)
@@ -266,15 +271,7 @@ def _finalise(cfg, out, model, val_set, history, best, device) -> TrainResult:
         getattr(model, part).load_state_dict(state[part])
     threshold, val_metrics = None, None
     if val_set is not None:
-        maps, scores = predict_maps(
-            model,
-            val_set.images,
-            device=device,
-            batch_size=cfg.eval_batch_size,
-            precision=cfg.precision,
-            channels_last=cfg.channels_last,
-        )
-        val_metrics = score_tensor_set(maps, scores, val_set)
+        val_metrics, scores = _validate(model, val_set, cfg, device)
         threshold = best_f1_threshold(scores, val_set.labels)
     model_path = out / MODEL
     save_checkpoint(
