@@ -135,3 +135,22 @@ def test_bf16_on_cpu_only_when_named(small_dataset, tmp_path):
     # bf16 changes the numbers a little, not the picture
     assert float((fp32 - bf16).abs().mean()) < 0.05 * float(fp32.abs().mean())
     assert not torch.equal(fp32, bf16)
+
+
+def test_image_level_dataset_reports_pixel_metrics_as_absent(small_dataset, tmp_path):
+    import shutil
+
+    root = tmp_path / "vad"
+    src = small_dataset / "brick"
+    shutil.copytree(src / "train", root / "cat" / "train")
+    (root / "cat" / "test").mkdir(parents=True)
+    shutil.copytree(src / "test" / "good", root / "cat" / "test" / "good")
+    shutil.copytree(src / "test" / "hole", root / "cat" / "test" / "bad")
+    shutil.copytree(src / "test" / "stain", root / "cat" / "test" / "bad_unseen_defects")
+    fit(tiny_config(root, tmp_path / "run", category="cat", epochs=1, val_fraction=0))
+    m = evaluate(tmp_path / "run" / "model.pt", root, "cat", tmp_path / "eval")
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert m["layout"] == written["layout"] == "vad"
+    assert 0 <= written["image_auroc"] <= 1
+    assert written["pixel_auroc"] is None and written["aupro"] is None
+    assert "no ground-truth masks" in written["absent"]["aupro"]
