@@ -6,17 +6,29 @@ PY := $(VENV)/bin/python
 # machines serve from their local wheel store (see README, "Installing").
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test lint bench
+.PHONY: setup data demo demo-single test bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install $(TORCH_PAIR) -e '.[dev]'
+	$(PY) -m pip install $(TORCH_PAIR) -e '.[dev,pipelines]'
 	touch $@
 
 setup: $(VENV)/.installed
 
-demo: setup
+# The dataset root data.dvc tracks: pulled from the DVC remote when one is configured;
+# on a fresh clone without one it is the empty root, re-committed to the local cache.
+data: setup
+	mkdir -p data
+	$(VENV)/bin/dvc pull -q data.dvc 2>/dev/null || { [ -z "$$(ls -A data)" ] && $(VENV)/bin/dvc commit -f -q data.dvc; }
+
+# The full benchmark (params.yaml): every category through Ray Train, tracked in MLflow.
+demo: data
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+	cat report.md
+
+# Without Ray / DVC / MLflow: the core package alone, one model per category.
+demo-single: setup
 	$(VENV)/bin/skrd4ad demo --out runs/demo
 
 test: setup

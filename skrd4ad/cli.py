@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(backbone="resnet18", teacher_weights="none")
     _add_runtime_flags(p)
     p.add_argument("--image-size", type=int, default=128, help="model input size, px")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs per category")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs per category")
     return parser
 
 

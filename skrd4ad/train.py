@@ -134,7 +134,11 @@ def _check_resume(state: dict, cfg: TrainConfig, path: Path) -> None:
 
 def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
     """Train one category. Writes last.pt every ``checkpoint_every`` epochs and at the end,
-    best.pt when selecting on validation, and model.pt (the final model)."""
+    best.pt when selecting on validation, and model.pt (the final model).
+
+    Each callback gets the epoch's metrics after that epoch's checkpoint is on disk; the
+    key ``checkpoint`` (the path of last.pt) is present when one was written that epoch.
+    """
     cfg.validate()
     out = ensure_writable_dir(Path(cfg.out))
     device = resolve_device(cfg.device)
@@ -236,17 +240,18 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
                 best = {"value": objective, "epoch": epoch + 1}
                 if cfg.select == "best-val":
                     checkpoint(out / BEST, epoch + 1)
-        history.append(metrics)
+        history.append(dict(metrics))
         if cfg.progress:
             tqdm.write(
                 f"epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} "
                 f"({metrics['images_per_s']:.1f} img/s)"
                 + (f" val AUPRO {metrics['val_aupro']:.4f}" if "val_aupro" in metrics else "")
             )
-        for cb in callbacks:
-            cb(dict(metrics))
         if (epoch + 1) % cfg.checkpoint_every == 0 or final:
             checkpoint(last_path, epoch + 1)
+            metrics["checkpoint"] = str(last_path)
+        for cb in callbacks:
+            cb(dict(metrics))
 
     return _finalise(cfg, out, model, val_set, history, best, device)
 

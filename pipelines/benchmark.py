@@ -1,0 +1,161 @@
+"""DVC stage 'benchmark': one SK-RD4AD model per category, fitted by Ray Train workers
+spread over the cluster, every result tracked in MLflow.
+
+All categories are launched at once (one Ray task driving one TorchTrainer each), so Ray
+packs them onto the cluster's resources; DVC itself would run per-category stages one
+after another. A category that fails (a data error, say) is reported with its error, the
+others finish, and the stage exits non-zero naming the failed categories.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from skrd4ad.atomic import atomic_write_text
+from skrd4ad.errors import UserError
+
+from .params import load_params, train_config
+from .ray_train import FINAL_KEYS, fit_category
+from .tracking import Tracker, git_commit
+
+RESULTS = Path("results")
+METRICS = Path("metrics.json")
+
+
+def _gpus_per_worker(value: Any, cluster: dict[str, float]) -> float:
+    if value in (None, "auto"):
+        return 1.0 if cluster.get("GPU", 0) > 0 else 0.0
+    return float(value)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _csv(rows: list[dict[str, Any]], fields: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def run(params: dict[str, Any]) -> dict[str, Any]:
+    import ray
+
+    dataset = json.loads(Path("prepared/dataset.json").read_text())
+    ray_params, res = params["ray"], params["resources"]
+    address = ray_params.get("address") or None
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(include_dashboard=False, num_cpus=ray_params.get("num_cpus"))
+    gpus = _gpus_per_worker(res.get("gpus_per_worker", "auto"), ray.cluster_resources())
+    storage = ray_params.get("storage_path", "results/ray")
+    storage = storage if "://" in storage else str(Path(storage).resolve())
+    bench_name = f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir = (RESULTS / "benchmark").resolve()
+
+    fit_remote = ray.remote(num_cpus=0)(fit_category)
+    configs = {
+        cat: train_config(params, str(Path(dataset["root"]).resolve()), cat, dataset["layout"])
+        for cat in dataset["categories"]
+    }
+    t0 = time.perf_counter()
+    futures = [
+        fit_remote.remote(
+            cat,
+            cfg,
+            num_workers=int(res.get("num_workers", 1)),
+            cpus_per_worker=float(res.get("cpus_per_worker", 1)),
+            gpus_per_worker=gpus,
+            storage_path=storage,
+            run_name=f"{bench_name}-{cat}",
+            max_failures=int(res.get("max_failures", 2)),
+            overlays=int(params.get("report", {}).get("overlays", 2)),
+            dest=out_dir / cat,
+        )
+        for cat, cfg in configs.items()
+    ]
+    outcomes = ray.get(futures)
+    wall = time.perf_counter() - t0
+
+    tags = {
+        "dataset": dataset["name"],
+        "git_commit": git_commit(),
+        "dvc_data_hash": dataset.get("data_version", ""),
+    }
+    tracker = Tracker(
+        params["mlflow"].get("experiment", "skrd4ad"), params["mlflow"].get("tracking_uri")
+    )
+    tracker.start(bench_name, params, tags)
+    per_category: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    loss_rows, bar_rows = [], []
+    for outcome in outcomes:
+        cat = outcome["category"]
+        if "error" in outcome:
+            failed[cat] = outcome["error"]
+            per_category[cat] = {"error": outcome["error"]}
+            continue
+        folder = Path(outcome["dir"])
+        evaluation = json.loads((folder / "eval" / "metrics.json").read_text())
+        history = json.loads((folder / "train_history.json").read_text())
+        entry = {k: evaluation[k] for k in FINAL_KEYS}
+        if evaluation.get("absent"):
+            entry["absent"] = evaluation["absent"]
+        entry["train_s"] = outcome["metrics"].get("train_s")
+        entry["images_per_s"] = outcome["metrics"].get("images_per_s")
+        entry["test_images"] = evaluation["counts"]["test"]
+        per_category[cat] = entry
+        bar_rows.append({"category": cat, **{k: evaluation[k] for k in FINAL_KEYS}})
+        loss_rows += [{"category": cat, "epoch": h["epoch"], "loss": h["loss"]} for h in history]
+        final = {k: (math.nan if entry[k] is None else entry[k]) for k in FINAL_KEYS}
+        final.update(train_s=entry["train_s"] or 0.0, images_per_s=entry["images_per_s"] or 0.0)
+        tracker.log_category(cat, configs[cat], history, final, tags, folder)
+
+    ok = [c for c in per_category if c not in failed]
+    metrics = {
+        "dataset": dataset["name"],
+        "categories": per_category,
+        "mean": {k: _mean([per_category[c][k] for c in ok]) for k in FINAL_KEYS},
+        "failed": failed,
+        "wall_s": wall,
+    }
+    atomic_write_text(METRICS, json.dumps(metrics, indent=2, allow_nan=True) + "\n")
+    plots = RESULTS / "plots"
+    atomic_write_text(plots / "per_category.csv", _csv(bar_rows, ["category", *FINAL_KEYS]))
+    atomic_write_text(plots / "loss.csv", _csv(loss_rows, ["category", "epoch", "loss"]))
+    tracker.finish(metrics, METRICS)
+    return metrics
+
+
+def main() -> int:
+    warnings.simplefilter("default")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    try:
+        metrics = run(load_params())
+    except UserError as exc:
+        print(f"benchmark: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"mean": metrics["mean"], "failed": metrics["failed"]}, indent=2))
+    if metrics["failed"]:
+        names = ", ".join(sorted(metrics["failed"]))
+        print(f"benchmark: error: categories failed: {names} (see metrics.json)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

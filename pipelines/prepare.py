@@ -1,0 +1,87 @@
+"""DVC stage 'prepare': make the embedded default dataset, or convert VisA to MVTec layout.
+
+MVTec AD, VAD and folder datasets are used in place from ``dataset.root`` (the folder
+``data.dvc`` tracks); the stage records where the benchmark reads them in
+``prepared/dataset.json`` together with the data version (the md5 in data.dvc).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+from skrd4ad.atomic import atomic_write_text
+from skrd4ad.data import list_categories, make_default_dataset, prepare_visa
+from skrd4ad.errors import UserError
+
+from .params import load_params
+
+OUT = Path("prepared")
+
+
+def data_version(dvc_file: Path = Path("data.dvc")) -> str:
+    """The md5 that data.dvc records for the dataset root ('' when there is none)."""
+    try:
+        outs = yaml.safe_load(dvc_file.read_text()).get("outs", [])
+        return str(outs[0].get("md5", "")) if outs else ""
+    except (OSError, AttributeError, yaml.YAMLError):
+        return ""
+
+
+def prepare(params: dict, out: Path = OUT) -> dict:
+    ds = params["dataset"]
+    name = ds["name"]
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    if name == "default":
+        root = out / "default"
+        manifest = make_default_dataset(root, **params.get("default_dataset", {}))
+        digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+        version = f"default-manifest-sha256:{digest[:16]}"
+        layout = "mvtec"
+    elif name == "visa":
+        root = out / "visa"
+        prepare_visa(Path(ds["root"]), root)
+        version, layout = data_version(), "mvtec"
+    else:
+        root = Path(ds["root"])
+        if not root.is_dir():
+            raise UserError(
+                f"dataset.root {root} does not exist: dvc pull data.dvc, or dvc add / "
+                "dvc import-url the dataset there (see README)"
+            )
+        version, layout = data_version(), ds.get("layout", "auto")
+    categories = ds.get("categories", "all")
+    if name == "folder":  # the folder layout is one category: the folder itself
+        categories, root = [root.name], root.parent
+    elif categories == "all":
+        categories = list_categories(root)
+    info = {
+        "name": name,
+        "root": str(root),
+        "layout": layout,
+        "categories": categories,
+        "data_version": version,
+    }
+    atomic_write_text(out / "dataset.json", json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def main() -> int:
+    try:
+        info = prepare(load_params())
+    except UserError as exc:
+        print(f"prepare: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

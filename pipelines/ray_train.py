@@ -1,0 +1,126 @@
+"""Ray Train: one TorchTrainer per category, its ``train_func`` running skrd4ad.train.fit.
+
+Each epoch's metrics go to ``ray.train.report``; every skrd4ad checkpoint (last.pt) is
+reported as a Ray checkpoint too, so a restarted worker (``FailureConfig``) resumes from
+the latest one instead of epoch 0. After training, the worker evaluates the final model on
+the test split and reports the final metrics with a checkpoint holding model.pt, the
+evaluation folder and the training history.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+FINAL_KEYS = ("image_auroc", "pixel_auroc", "aupro")
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def train_func(config: dict[str, Any]) -> None:
+    """Per-worker training loop (Ray Train's ``train_loop_per_worker``)."""
+    import ray.train
+
+    from skrd4ad.evaluate import evaluate
+    from skrd4ad.train import TrainConfig, fit
+
+    work = Path(tempfile.mkdtemp(prefix=f"skrd4ad-{config['train']['category']}-"))
+    cfg = TrainConfig.from_dict({**config["train"], "out": str(work), "progress": False})
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            if (Path(d) / "last.pt").is_file():
+                shutil.copy(Path(d) / "last.pt", work / "last.pt")
+                cfg.resume = True
+
+    def report(metrics: dict[str, Any]) -> None:
+        scalars = _scalars(metrics)
+        if "checkpoint" not in metrics:
+            ray.train.report(scalars)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            shutil.copy(metrics["checkpoint"], Path(d) / "last.pt")
+            ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    result = fit(cfg, callbacks=[report])
+    final = evaluate(
+        result.model_path,
+        Path(cfg.data),
+        cfg.category,
+        work / "eval",
+        layout=cfg.layout,
+        device=cfg.device,
+        overlays=config.get("overlays", 0),
+        curves=True,
+    )
+    with tempfile.TemporaryDirectory() as d:
+        for name in ("model.pt", "last.pt", "train_history.json"):
+            shutil.copy(work / name, Path(d) / name)
+        shutil.copytree(work / "eval", Path(d) / "eval")
+        metrics = {k: (math.nan if final[k] is None else final[k]) for k in FINAL_KEYS}
+        metrics["train_s"] = sum(h["epoch_s"] for h in result.history)
+        metrics["images_per_s"] = result.history[-1]["images_per_s"]
+        metrics["final"] = 1.0
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def fit_category(
+    category: str,
+    train_config: dict[str, Any],
+    *,
+    num_workers: int,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
+    storage_path: str,
+    run_name: str,
+    max_failures: int,
+    overlays: int,
+    dest: Path,
+) -> dict[str, Any]:
+    """Run one category's TorchTrainer; copy its final checkpoint to ``dest``."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": cpus_per_worker}
+    if gpus_per_worker:
+        resources["GPU"] = gpus_per_worker
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config={"train": train_config, "overlays": overlays},
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - a failed category is reported, not raised
+        return {"category": category, "error": _root_cause(exc)}
+    if result.checkpoint is None:
+        return {"category": category, "error": "training finished without a final checkpoint"}
+    if dest.exists():
+        shutil.rmtree(dest)
+    result.checkpoint.to_directory(str(dest))
+    return {"category": category, "metrics": dict(result.metrics or {}), "dir": str(dest)}
+
+
+def _root_cause(exc: BaseException) -> str:
+    seen = exc
+    while seen.__cause__ is not None:
+        seen = seen.__cause__
+    text = str(seen).strip().splitlines()
+    return f"{type(seen).__name__}: {text[-1] if text else ''}"[:500]

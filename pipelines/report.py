@@ -1,0 +1,82 @@
+"""DVC stage 'report': report.md, the per-category results beside the published ones."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from skrd4ad.atomic import atomic_write_text
+
+from .published import TABLES, VAD_IMAGE_AUROC
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None or value != value else f"{100 * value:.2f}"
+
+
+def render(metrics: dict) -> str:
+    name = metrics["dataset"]
+    cats = metrics["categories"]
+    lines = [f"# SK-RD4AD benchmark: {name}", ""]
+    table, mean = TABLES.get(name, ({}, None))
+    if name == "default":
+        lines += [
+            "The embedded default dataset is this project's own: **no published numbers "
+            "exist** for it.",
+            "",
+        ]
+    elif name == "vad":
+        lines += [
+            f"Published one-class image AUROC on VAD: RD4AD baseline {VAD_IMAGE_AUROC[0]}, "
+            f"SK-RD4AD {VAD_IMAGE_AUROC[1]}. Pixel metrics do not exist: VAD has no masks.",
+            "",
+        ]
+    elif name not in TABLES:
+        lines += [f"No published numbers exist for the dataset '{name}'.", ""]
+    else:
+        lines += [
+            "Published columns: the authors' README and poster (pixel AUROC / AUPRO, %). "
+            "Their AUPRO is a per-image 200-threshold approximation; ours is the MVTec AD "
+            "definition, so the columns are close but not identical quantities.",
+            "",
+        ]
+    head = "| category | image AUROC | pixel AUROC | AUPRO |"
+    rule = "| --- | --- | --- | --- |"
+    if table:
+        head += " RD4AD (pub.) | SK-RD4AD (pub.) |"
+        rule += " --- | --- |"
+    lines += [head, rule]
+    for cat, m in sorted(cats.items()):
+        if "error" in m:
+            lines.append(f"| {cat} | failed: {m['error'][:120]} | | |" + (" | |" if table else ""))
+            continue
+        row = (
+            f"| {cat} | {_pct(m['image_auroc'])} | {_pct(m['pixel_auroc'])} | {_pct(m['aupro'])} |"
+        )
+        if table:
+            pub = table.get(cat)
+            row += f" {pub[0]} / {pub[1]} | {pub[2]} / {pub[3]} |" if pub else " — | — |"
+        lines.append(row)
+    mrow = (
+        f"| **mean** | {_pct(metrics['mean']['image_auroc'])} | "
+        f"{_pct(metrics['mean']['pixel_auroc'])} | {_pct(metrics['mean']['aupro'])} |"
+    )
+    if table:
+        mrow += f" {mean[0]} / {mean[1]} | {mean[2]} / {mean[3]} |"
+    lines += [mrow, ""]
+    if metrics.get("failed"):
+        lines += [f"Failed categories: {', '.join(sorted(metrics['failed']))}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    metrics = json.loads(Path("metrics.json").read_text())
+    text = render(metrics)
+    atomic_write_text(Path("report.md"), text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""MLflow tracking of a benchmark: a parent run, a nested run per category.
+
+Tracking never decides whether a benchmark succeeds: when the tracking server cannot be
+reached, a warning is printed and every result stays on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _flat(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flat(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, list) else str(value)
+
+
+class Tracker:
+    """Thin wrapper over mlflow; every call is a no-op after the first failure."""
+
+    def __init__(self, experiment: str, tracking_uri: str | None = None) -> None:
+        self.ok = True
+        self.parent = None
+        try:
+            import mlflow
+
+            self.mlflow = mlflow
+            mlflow.set_tracking_uri(
+                os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or DEFAULT_URI
+            )
+            mlflow.set_experiment(experiment)
+        except Exception as exc:  # noqa: BLE001 - any tracking failure degrades the same way
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.ok = False
+        warnings.warn(
+            f"MLflow tracking failed or is unreachable ({type(exc).__name__}: {str(exc)[:200]}); "
+            "training goes on and results are kept in results/ and metrics.json only",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def start(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> None:
+        if not self.ok:
+            return
+        try:
+            self.parent = self.mlflow.start_run(run_name=name, tags=tags)
+            flat: dict[str, str] = {}
+            _flat("", params, flat)
+            self.mlflow.log_params(flat)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def log_category(
+        self,
+        category: str,
+        config: dict[str, Any],
+        history: list[dict[str, Any]],
+        final: dict[str, float],
+        tags: dict[str, str],
+        folder: Path,
+    ) -> None:
+        if not self.ok:
+            return
+        mlflow = self.mlflow
+        try:
+            with mlflow.start_run(
+                run_name=category, nested=True, tags={**tags, "category": category}
+            ):
+                flat: dict[str, str] = {}
+                _flat("", config, flat)
+                mlflow.log_params(flat)
+                for h in history:
+                    step = int(h["epoch"])
+                    mlflow.log_metrics(
+                        {
+                            k: float(v)
+                            for k, v in h.items()
+                            if k != "epoch" and isinstance(v, int | float)
+                        },
+                        step=step,
+                    )
+                mlflow.log_metrics({k: v for k, v in final.items() if v == v})  # drop NaN
+                mlflow.log_artifacts(str(folder / "eval"), artifact_path="eval")
+                mlflow.log_artifact(str(folder / "model.pt"), artifact_path="checkpoint")
+                from skrd4ad.checkpoint import load_model
+
+                model, _ = load_model(folder / "model.pt")
+                import mlflow.pytorch
+
+                # pickle, not pt2: the model returns feature lists, which torch.export
+                # would need an input example and a fixed batch size for.
+                mlflow.pytorch.log_model(model, name="model", serialization_format="pickle")
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def finish(self, metrics: dict[str, Any], metrics_file: Path) -> None:
+        if not self.ok or self.parent is None:
+            return
+        try:
+            means = {f"mean_{k}": v for k, v in metrics["mean"].items() if v is not None and v == v}
+            self.mlflow.log_metrics(means)
+            self.mlflow.log_artifact(str(metrics_file))
+            self.mlflow.end_run()
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)

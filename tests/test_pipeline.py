@@ -1,0 +1,147 @@
+"""The DVC + Ray Train + MLflow benchmark, end to end on the embedded default dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COPY = [
+    "pipelines",
+    "skrd4ad",
+    "dvc.yaml",
+    "params.yaml",
+    "data.dvc",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+]
+
+
+def sh(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and done.returncode:
+        raise AssertionError(
+            f"{cmd} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+        )
+    return done
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    for item in COPY:
+        src = REPO / item
+        dst = root / item
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["dataset"]["categories"] = ["brick", "gravel"]
+    params["default_dataset"].update(n_train=8, n_test_good=2, n_test_defect=1)
+    params["train"].update(epochs=2, batch_size=8)
+    params["ray"]["num_cpus"] = 2
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "disabled",
+        "PYTHONPATH": str(root),
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"],
+    ):
+        sh(cmd, root, env)
+    # what `make data` does on a fresh clone without a DVC remote
+    (root / "data").mkdir()
+    sh([sys.executable, "-m", "dvc", "commit", "-f", "-q", "data.dvc"], root, env)
+    sh([sys.executable, "-m", "dvc", "repro"], root, env)
+    return root, env
+
+
+def test_dvc_repro_writes_metrics_plots_and_report(project):
+    root, env = project
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert metrics["failed"] == {} and set(metrics["categories"]) == {"brick", "gravel"}
+    for cat in ("brick", "gravel"):
+        m = metrics["categories"][cat]
+        assert all(0 <= m[k] <= 1 for k in ("image_auroc", "pixel_auroc", "aupro"))
+        assert (root / "results" / "benchmark" / cat / "model.pt").is_file()
+        assert (root / "results" / "benchmark" / cat / "eval" / "metrics.json").is_file()
+    mean = metrics["mean"]["aupro"]
+    assert mean == pytest.approx(
+        sum(metrics["categories"][c]["aupro"] for c in ("brick", "gravel")) / 2
+    )
+    report = (root / "report.md").read_text()
+    assert "no published numbers exist" in report and "| brick |" in report
+    loss = (root / "results" / "plots" / "loss.csv").read_text().splitlines()
+    assert loss[0] == "category,epoch,loss" and len(loss) == 1 + 2 * 2
+    shown = sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env).stdout
+    assert "aupro" in shown
+    status = sh([sys.executable, "-m", "dvc", "status"], root, env).stdout
+    assert "up to date" in status, status
+
+
+def test_mlflow_parent_and_nested_runs(project):
+    root, env = project
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["skrd4ad-benchmark"], output_format="list")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    assert {c.data.tags["category"] for c in children} == {"brick", "gravel"}
+    for c in children:
+        assert c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert {"dataset", "git_commit", "dvc_data_hash"} <= set(c.data.tags)
+        assert {"image_auroc", "pixel_auroc", "aupro", "train_s", "loss", "cosine"} <= set(
+            c.data.metrics
+        )
+        assert c.data.params["backbone"] == "resnet18" and c.data.params["gamma"] == "0.05"
+        history = mlflow.tracking.MlflowClient().get_metric_history(c.info.run_id, "loss")
+        assert [h.step for h in history] == [1, 2]
+    assert "mean_aupro" in parents[0].data.metrics
+    import torch
+
+    model = mlflow.pytorch.load_model(f"runs:/{children[0].info.run_id}/model")
+    with torch.no_grad():
+        teacher, student = model(torch.randn(1, 3, 64, 64))
+    assert len(student) == 3
+
+
+def test_failed_category_is_reported_and_others_finish(project, tmp_path):
+    root, env = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["resources"]["max_failures"] = 0
+    params["train"]["epochs"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    info = json.loads((root / "prepared" / "dataset.json").read_text())
+    info["categories"] = ["brick", "tile"]
+    (root / "prepared" / "dataset.json").write_text(json.dumps(info))
+    try:
+        done = sh(
+            [sys.executable, "-m", "pipelines.benchmark"],
+            root,
+            {**env, "SKRD4AD_PARAMS": str(tmp_path / "params.yaml")},
+            check=False,
+        )
+    finally:
+        sh([sys.executable, "-m", "dvc", "checkout", "-f", "-q"], root, env, check=False)
+    assert done.returncode == 1
+    assert "categories failed: tile" in done.stderr
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert "tile" in metrics["failed"] and "not found" in metrics["failed"]["tile"]
+    assert metrics["categories"]["brick"]["aupro"] is not None
