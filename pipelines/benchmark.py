@@ -50,6 +50,15 @@ def _csv(rows: list[dict[str, Any]], fields: list[str]) -> str:
     return buf.getvalue()
 
 
+def _fault_injection() -> dict[str, Any] | None:
+    """SKRD4AD_FAULT_AFTER_EPOCH=N and SKRD4AD_FAULT_MARKER=FILE kill each category's worker
+    once after epoch N, to prove recovery from checkpoints (tests only)."""
+    after = os.environ.get("SKRD4AD_FAULT_AFTER_EPOCH")
+    if not after:
+        return None
+    return {"after_epoch": int(after), "marker": os.environ["SKRD4AD_FAULT_MARKER"]}
+
+
 def run(params: dict[str, Any]) -> dict[str, Any]:
     import ray
 
@@ -85,6 +94,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             max_failures=int(res.get("max_failures", 2)),
             overlays=int(params.get("report", {}).get("overlays", 2)),
             dest=out_dir / cat,
+            fault=_fault_injection(),
         )
         for cat, cfg in configs.items()
     ]
@@ -118,6 +128,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         entry["train_s"] = outcome["metrics"].get("train_s")
         entry["images_per_s"] = outcome["metrics"].get("images_per_s")
         entry["test_images"] = evaluation["counts"]["test"]
+        entry["resumed_from_epoch"] = outcome["metrics"].get("resumed_from_epoch")
         per_category[cat] = entry
         bar_rows.append({"category": cat, **{k: evaluation[k] for k in FINAL_KEYS}})
         loss_rows += [{"category": cat, "epoch": h["epoch"], "loss": h["loss"]} for h in history]

@@ -10,6 +10,7 @@ evaluation folder and the training history.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,17 +31,21 @@ def train_func(config: dict[str, Any]) -> None:
     """Per-worker training loop (Ray Train's ``train_loop_per_worker``)."""
     import ray.train
 
+    from skrd4ad.checkpoint import read_checkpoint
     from skrd4ad.evaluate import evaluate
     from skrd4ad.train import TrainConfig, fit
 
     work = Path(tempfile.mkdtemp(prefix=f"skrd4ad-{config['train']['category']}-"))
     cfg = TrainConfig.from_dict({**config["train"], "out": str(work), "progress": False})
     checkpoint = ray.train.get_checkpoint()
+    start_epoch = 0
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             if (Path(d) / "last.pt").is_file():
                 shutil.copy(Path(d) / "last.pt", work / "last.pt")
                 cfg.resume = True
+                start_epoch = int(read_checkpoint(work / "last.pt")["epoch"])
+    fault = config.get("fault") or {}
 
     def report(metrics: dict[str, Any]) -> None:
         scalars = _scalars(metrics)
@@ -50,6 +55,7 @@ def train_func(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as d:
             shutil.copy(metrics["checkpoint"], Path(d) / "last.pt")
             ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(d))
+        _maybe_crash(fault, int(metrics["epoch"]))
 
     result = fit(cfg, callbacks=[report])
     final = evaluate(
@@ -70,8 +76,22 @@ def train_func(config: dict[str, Any]) -> None:
         metrics["train_s"] = sum(h["epoch_s"] for h in result.history)
         metrics["images_per_s"] = result.history[-1]["images_per_s"]
         metrics["final"] = 1.0
+        metrics["resumed_from_epoch"] = float(start_epoch)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _maybe_crash(fault: dict[str, Any], epoch: int) -> None:
+    """Fault injection for the recovery test: the worker process dies hard (as an OOM kill
+    would) once, after the checkpoint of epoch ``fault['after_epoch']`` was reported.
+    ``fault['marker']`` is a file that makes it happen only once."""
+    if not fault or epoch != int(fault["after_epoch"]):
+        return
+    marker = Path(fault["marker"])
+    if marker.exists():
+        return
+    marker.write_text(f"worker killed after epoch {epoch}\n")
+    os._exit(1)
 
 
 def fit_category(
@@ -86,6 +106,7 @@ def fit_category(
     max_failures: int,
     overlays: int,
     dest: Path,
+    fault: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one category's TorchTrainer; copy its final checkpoint to ``dest``."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -96,7 +117,7 @@ def fit_category(
         resources["GPU"] = gpus_per_worker
     trainer = TorchTrainer(
         train_func,
-        train_loop_config={"train": train_config, "overlays": overlays},
+        train_loop_config={"train": train_config, "overlays": overlays, "fault": fault},
         scaling_config=ScalingConfig(
             num_workers=num_workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
         ),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any
@@ -39,13 +40,15 @@ class Tracker:
     def __init__(self, experiment: str, tracking_uri: str | None = None) -> None:
         self.ok = True
         self.parent = None
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or DEFAULT_URI
         try:
+            if uri.startswith(("http://", "https://")):
+                # MLflow's client retries an unreachable server for minutes; ask once first.
+                urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
             import mlflow
 
             self.mlflow = mlflow
-            mlflow.set_tracking_uri(
-                os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or DEFAULT_URI
-            )
+            mlflow.set_tracking_uri(uri)
             mlflow.set_experiment(experiment)
         except Exception as exc:  # noqa: BLE001 - any tracking failure degrades the same way
             self._fail(exc)

@@ -145,3 +145,45 @@ def test_failed_category_is_reported_and_others_finish(project, tmp_path):
     metrics = json.loads((root / "metrics.json").read_text())
     assert "tile" in metrics["failed"] and "not found" in metrics["failed"]["tile"]
     assert metrics["categories"]["brick"]["aupro"] is not None
+
+
+def test_unreachable_mlflow_warns_and_keeps_going(tmp_path, monkeypatch):
+    from pipelines.tracking import Tracker
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.warns(RuntimeWarning, match="unreachable"):
+        tracker = Tracker("x")
+    assert not tracker.ok
+    tracker.start("bench", {"a": 1}, {})
+    tracker.log_category("brick", {}, [], {}, {}, tmp_path)
+    tracker.finish({"mean": {}}, tmp_path / "metrics.json")  # no-ops, no exception
+
+
+def test_killed_worker_resumes_from_its_checkpoint(project, tmp_path):
+    root, env = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["resources"]["max_failures"] = 1
+    params["train"]["epochs"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    info = json.loads((root / "prepared" / "dataset.json").read_text())
+    info["categories"] = ["gravel"]
+    (root / "prepared" / "dataset.json").write_text(json.dumps(info))
+    marker = tmp_path / "killed"
+    fault_env = {
+        **env,
+        "SKRD4AD_PARAMS": str(tmp_path / "params.yaml"),
+        "SKRD4AD_FAULT_AFTER_EPOCH": "2",
+        "SKRD4AD_FAULT_MARKER": str(marker),
+    }
+    try:
+        sh([sys.executable, "-m", "pipelines.benchmark"], root, fault_env)
+    finally:
+        sh([sys.executable, "-m", "dvc", "checkout", "-f", "-q"], root, env, check=False)
+    assert marker.read_text().startswith("worker killed after epoch 2")
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert metrics["failed"] == {}
+    # Not from epoch 0: from the newest checkpoint Ray had registered when the worker died
+    # (the one reported just before the crash may still have been in flight).
+    assert metrics["categories"]["gravel"]["resumed_from_epoch"] in (1, 2)
+    history = json.loads((root / "results/benchmark/gravel/train_history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
