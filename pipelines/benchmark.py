@@ -107,7 +107,9 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         "dvc_data_hash": dataset.get("data_version", ""),
     }
     tracker = Tracker(
-        params["mlflow"].get("experiment", "skrd4ad"), params["mlflow"].get("tracking_uri")
+        params["mlflow"].get("experiment", "skrd4ad"),
+        params["mlflow"].get("tracking_uri"),
+        params["mlflow"].get("artifact_location"),
     )
     tracker.start(bench_name, params, tags)
     per_category: dict[str, Any] = {}

@@ -37,7 +37,9 @@ def _flat(prefix: str, value: Any, out: dict[str, str]) -> None:
 class Tracker:
     """Thin wrapper over mlflow; every call is a no-op after the first failure."""
 
-    def __init__(self, experiment: str, tracking_uri: str | None = None) -> None:
+    def __init__(
+        self, experiment: str, tracking_uri: str | None = None, artifact_location: str | None = None
+    ) -> None:
         self.ok = True
         self.parent = None
         uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or DEFAULT_URI
@@ -49,6 +51,10 @@ class Tracker:
 
             self.mlflow = mlflow
             mlflow.set_tracking_uri(uri)
+            # An artifact location (s3://bucket/prefix, say) applies when the experiment is
+            # created; MLFLOW_S3_ENDPOINT_URL points boto3 at an S3-compatible store.
+            if artifact_location and mlflow.get_experiment_by_name(experiment) is None:
+                mlflow.create_experiment(experiment, artifact_location=artifact_location)
             mlflow.set_experiment(experiment)
         except Exception as exc:  # noqa: BLE001 - any tracking failure degrades the same way
             self._fail(exc)
