@@ -58,6 +58,11 @@ def train_func(config: dict[str, Any]) -> None:
         _maybe_crash(fault, int(metrics["epoch"]))
 
     result = fit(cfg, callbacks=[report])
+    if ray.train.get_context().get_world_rank() != 0:
+        # Only rank 0 holds model.pt; every worker must report the same number of times.
+        ray.train.report({"final": 1.0})
+        shutil.rmtree(work, ignore_errors=True)
+        return
     final = evaluate(
         result.model_path,
         Path(cfg.data),

@@ -32,6 +32,7 @@ from .inference import (
 )
 from .losses import SKRD4ADLoss
 from .models import build_model
+from .models.skrd4ad import Student
 
 Callback = Callable[[dict[str, Any]], None]
 LAST = "last.pt"
@@ -148,9 +149,19 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
     cfg.category = cfg.category or data.name
     train_set, val_set = category_tensors(data, cfg.image_size, cfg.val_fraction, cfg.seed)
 
+    rank, world = _distributed()
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.backbone, cfg.teacher_weights, cfg.skip)
     model = prepare_model(model, device, cfg.channels_last)
+    student_net: torch.nn.Module = Student(model.bottleneck, model.decoder, model.skip)
+    if world > 1:
+        # Data-parallel: each rank takes its share of every global batch; DDP averages
+        # the gradients. BatchNorm statistics follow rank 0 (DDP's buffer broadcast).
+        student_net = torch.nn.parallel.DistributedDataParallel(
+            student_net, device_ids=[device.index] if device.type == "cuda" else None
+        )
     params = [*model.bottleneck.parameters(), *model.decoder.parameters()]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
     loss_fn = SKRD4ADLoss(cfg.alpha, cfg.beta, cfg.gamma)
@@ -172,6 +183,8 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
         best = state.get("best", best)
 
     def checkpoint(path: Path, epoch: int) -> None:
+        if rank != 0:  # one writer; every rank holds the same weights
+            return
         save_checkpoint(
             path,
             model,
@@ -192,32 +205,39 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
         order = torch.randperm(
             n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         )
+        if world > 1:  # equal shares, so every rank takes the same number of steps
+            order = order[: n - n % world][rank::world]
         # Sums stay on the device: reading a loss every step would stall a GPU.
         sums = torch.zeros(4, dtype=torch.float64, device=device)
         t0 = time.perf_counter()
-        batches = range(0, n, cfg.batch_size)
+        batch = max(1, cfg.batch_size // world)
+        seen = len(order)
+        batches = range(0, seen, batch)
         bar = tqdm(
             batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False
         )
         for step, start in enumerate(bar):
-            idx = order[start : start + cfg.batch_size]
+            idx = order[start : start + batch]
             x = to_input(train_set.images[idx], device, cfg.channels_last)
             with autocast(device, cfg.precision):
                 teacher = model.teacher(x)
-                student = model.student(teacher)
+                student = student_net(teacher)
             loss, terms = loss_fn(teacher, student)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             values = torch.stack([loss, terms["l2"], terms["cosine"], terms["consistency"]])
             sums += values.detach().double() * len(idx)
-            if cfg.progress and (step % 10 == 0 or start + cfg.batch_size >= n):
+            if cfg.progress and (step % 10 == 0 or start + batch >= seen):
                 done = start + len(idx)
                 bar.set_postfix(
                     loss=f"{float(sums[0]) / done:.4f}",
                     img_s=f"{done / (time.perf_counter() - t0):.1f}",
                 )
-        totals = (sums / n).tolist()
+        if world > 1:
+            torch.distributed.all_reduce(sums)
+            seen *= world
+        totals = (sums / seen).tolist()
         seconds = time.perf_counter() - t0
         if not all(math.isfinite(v) for v in totals):
             raise TrainingDiverged(
@@ -229,7 +249,7 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
             "epoch": epoch + 1,
             **dict(zip(("loss", "l2", "cosine", "consistency"), totals, strict=True)),
             "epoch_s": seconds,
-            "images_per_s": n / seconds,
+            "images_per_s": seen / seconds,
         }
         final = epoch + 1 == cfg.epochs
         if val_set is not None and ((epoch + 1) % cfg.val_every == 0 or final):
@@ -249,11 +269,14 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
             )
         if (epoch + 1) % cfg.checkpoint_every == 0 or final:
             checkpoint(last_path, epoch + 1)
-            metrics["checkpoint"] = str(last_path)
+            if rank == 0:
+                metrics["checkpoint"] = str(last_path)
         for cb in callbacks:
             cb(dict(metrics))
 
-    return _finalise(cfg, out, model, val_set, history, best, device)
+    if world > 1:
+        torch.distributed.barrier()  # rank 0's last.pt is on disk before anyone reads it
+    return _finalise(cfg, out, model, val_set, history, best, device, rank)
 
 
 def _validate(model, val_set, cfg: TrainConfig, device) -> tuple[dict[str, Any], torch.Tensor]:
@@ -269,7 +292,16 @@ def _validate(model, val_set, cfg: TrainConfig, device) -> tuple[dict[str, Any],
     return score_tensor_set(maps, scores, val_set), scores
 
 
-def _finalise(cfg, out, model, val_set, history, best, device) -> TrainResult:
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _finalise(cfg, out, model, val_set, history, best, device, rank=0) -> TrainResult:
+    if rank != 0:
+        return TrainResult(out, out / MODEL, len(history), history)
     source = out / (BEST if cfg.select == "best-val" and (out / BEST).exists() else LAST)
     state = read_checkpoint(source)
     for part in ("teacher", "bottleneck", "decoder"):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -187,3 +188,52 @@ def test_killed_worker_resumes_from_its_checkpoint(project, tmp_path):
     assert metrics["categories"]["gravel"]["resumed_from_epoch"] in (1, 2)
     history = json.loads((root / "results/benchmark/gravel/train_history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_two_worker_ddp_matches_single_worker_in_expectation(small_dataset, tmp_path):
+    import ray
+
+    from pipelines.ray_train import fit_category
+
+    base = {
+        "data": str(small_dataset),
+        "category": "grass",
+        "backbone": "resnet18",
+        "teacher_weights": "none",
+        "image_size": 64,
+        "epochs": 3,
+        "batch_size": 8,
+        "val_fraction": 0,
+        "checkpoint_every": 1,
+        "seed": 3,
+        "device": "cpu",
+    }
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        runs = {}
+        for workers in (1, 2):
+            runs[workers] = fit_category(
+                "grass",
+                base,
+                num_workers=workers,
+                cpus_per_worker=1,
+                gpus_per_worker=0,
+                storage_path=str(tmp_path / "ray"),
+                run_name=f"ddp{workers}",
+                max_failures=0,
+                overlays=0,
+                dest=tmp_path / f"w{workers}",
+            )
+    finally:
+        ray.shutdown()
+    histories = {}
+    for workers, outcome in runs.items():
+        assert "error" not in outcome, outcome
+        histories[workers] = json.loads(
+            (tmp_path / f"w{workers}" / "train_history.json").read_text()
+        )
+        assert [h["epoch"] for h in histories[workers]] == [1, 2, 3]
+    single, ddp = (np.array([h["loss"] for h in histories[w]]) for w in (1, 2))
+    # same model, same global batch, same data: the loss curves agree up to batch noise
+    assert ddp[-1] < ddp[0]
+    assert np.allclose(ddp, single, rtol=0.15), (single, ddp)

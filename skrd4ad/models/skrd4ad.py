@@ -34,6 +34,23 @@ ARCHS: dict[str, _Arch] = {
 assert set(ARCHS) == set(BACKBONES)
 
 
+class Student(nn.Module):
+    """The trainable half (bottleneck + decoder) as one module, so that it can be wrapped in
+    DistributedDataParallel; it shares its parameters with the :class:`SKRD4AD` it came from."""
+
+    def __init__(self, bottleneck: OCBE, decoder: Decoder, skip: dict[int, int]) -> None:
+        super().__init__()
+        self.bottleneck = bottleneck
+        self.decoder = decoder
+        self.skip = dict(skip)
+
+    def forward(self, teacher_features: list[torch.Tensor]) -> list[torch.Tensor]:
+        embedding = self.bottleneck(teacher_features)
+        skips = {stage: teacher_features[level] for stage, level in self.skip.items()}
+        a, b, c = self.decoder(embedding, skips)
+        return [c, b, a]
+
+
 class SKRD4AD(nn.Module):
     """Teacher features E1..E3 in, student features D aligned with them out.
 
@@ -60,10 +77,7 @@ class SKRD4AD(nn.Module):
 
     def student(self, teacher_features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Student features from teacher features; usable with cached teacher features."""
-        embedding = self.bottleneck(teacher_features)
-        skips = {stage: teacher_features[level] for stage, level in self.skip.items()}
-        a, b, c = self.decoder(embedding, skips)
-        return [c, b, a]
+        return Student.forward(self, teacher_features)  # same wiring, this module's parts
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         teacher_features = self.teacher(x)
