@@ -95,6 +95,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             overlays=int(params.get("report", {}).get("overlays", 2)),
             dest=out_dir / cat,
             fault=_fault_injection(),
+            storage_endpoint=ray_params.get("storage_endpoint"),
         )
         for cat, cfg in configs.items()
     ]

@@ -112,6 +112,7 @@ def fit_category(
     overlays: int,
     dest: Path,
     fault: dict[str, Any] | None = None,
+    storage_endpoint: str | None = None,
 ) -> dict[str, Any]:
     """Run one category's TorchTrainer; copy its final checkpoint to ``dest``."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -128,7 +129,7 @@ def fit_category(
         ),
         run_config=RunConfig(
             name=run_name,
-            storage_path=storage_path,
+            **_storage(storage_path, storage_endpoint),
             failure_config=FailureConfig(max_failures=max_failures),
         ),
     )
@@ -142,6 +143,23 @@ def fit_category(
         shutil.rmtree(dest)
     result.checkpoint.to_directory(str(dest))
     return {"category": category, "metrics": dict(result.metrics or {}), "dir": str(dest)}
+
+
+def _storage(path: str, endpoint: str | None) -> dict[str, Any]:
+    """RunConfig storage arguments; an S3-compatible endpoint gets its own filesystem."""
+    if not (endpoint and path.startswith("s3://")):
+        return {"storage_path": path}
+    from urllib.parse import urlparse
+
+    import pyarrow.fs
+
+    url = urlparse(endpoint)
+    fs = pyarrow.fs.S3FileSystem(
+        endpoint_override=url.netloc or url.path,
+        scheme=url.scheme or "https",
+        region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+    )
+    return {"storage_path": path[len("s3://") :], "storage_filesystem": fs}
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -139,3 +139,46 @@ def test_mlflow_artifacts_land_in_the_bucket(s3, tmp_path, monkeypatch, small_da
     assert any(k.endswith("eval/metrics.json") for k in keys)
     assert any(k.endswith("checkpoint/model.pt") for k in keys)
     assert any(k.endswith("/metrics.json") and "eval" not in k for k in keys)
+
+
+def test_ray_train_checkpoints_go_to_s3(s3, tmp_path, small_dataset):
+    import ray
+
+    from pipelines.ray_train import fit_category
+
+    endpoint, client, env = s3
+    config = {
+        "data": str(small_dataset),
+        "category": "gravel",
+        "backbone": "resnet18",
+        "teacher_weights": "none",
+        "image_size": 64,
+        "epochs": 2,
+        "batch_size": 8,
+        "val_fraction": 0,
+        "checkpoint_every": 1,
+        "device": "cpu",
+    }
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env})
+    try:
+        outcome = fit_category(
+            "gravel",
+            config,
+            num_workers=1,
+            cpus_per_worker=1,
+            gpus_per_worker=0,
+            storage_path=f"s3://{BUCKET}/ray",
+            run_name="s3run",
+            max_failures=0,
+            overlays=0,
+            dest=tmp_path / "gravel",
+            storage_endpoint=endpoint,
+        )
+    finally:
+        ray.shutdown()
+    assert "error" not in outcome, outcome
+    assert (tmp_path / "gravel" / "model.pt").is_file()  # fetched back from the bucket
+    keys = [
+        o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="ray/s3run/")["Contents"]
+    ]
+    assert any(k.endswith("/last.pt") for k in keys) and any(k.endswith("/model.pt") for k in keys)
