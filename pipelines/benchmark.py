@@ -62,7 +62,8 @@ def _fault_injection() -> dict[str, Any] | None:
 def run(params: dict[str, Any]) -> dict[str, Any]:
     import ray
 
-    dataset = json.loads(Path("prepared/dataset.json").read_text())
+    prepared = Path(os.environ.get("SKRD4AD_PREPARED", "prepared"))
+    dataset = json.loads((prepared / "dataset.json").read_text())
     ray_params, res = params["ray"], params["resources"]
     address = ray_params.get("address") or None
     if not ray.is_initialized():

@@ -48,8 +48,10 @@ def project(tmp_path_factory):
             shutil.copy(src, dst)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["dataset"]["categories"] = ["brick", "gravel"]
-    params["default_dataset"].update(n_train=8, n_test_good=2, n_test_defect=1)
-    params["train"].update(epochs=2, batch_size=8)
+    params["default_dataset"].update(
+        image_size=64, crop_size=128, n_train=8, n_test_good=2, n_test_defect=1
+    )
+    params["train"].update(epochs=2, batch_size=8, image_size=64, val_every=1, checkpoint_every=1)
     params["ray"]["num_cpus"] = 2
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
@@ -91,6 +93,8 @@ def test_dvc_repro_writes_metrics_plots_and_report(project):
     assert loss[0] == "category,epoch,loss" and len(loss) == 1 + 2 * 2
     shown = sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env).stdout
     assert "aupro" in shown
+    plots = sh([sys.executable, "-m", "dvc", "plots", "show", "--json"], root, env).stdout
+    assert "per_category.csv" in plots and "loss.csv" in plots
     status = sh([sys.executable, "-m", "dvc", "status"], root, env).stdout
     assert "up to date" in status, status
 

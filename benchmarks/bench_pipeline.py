@@ -1,0 +1,129 @@
+"""Scaling of the Ray benchmark stage against the CLI run one category after another.
+
+Uses params.yaml's settings (the quick-start benchmark on the embedded default dataset):
+1. the CLI, sequentially: `skrd4ad train` + `skrd4ad evaluate` per category;
+2. `python -m pipelines.benchmark` with 1, 2 and 3 concurrent categories.
+Ray's fixed cost per category = Ray wall time for one category - CLI time for it.
+Run from the repository root after `python -m pipelines.prepare`:
+    python benchmarks/bench_pipeline.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_result  # noqa: E402
+
+PY = sys.executable
+
+
+def run(cmd: list[str], env: dict | None = None) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    dataset = json.loads(Path("prepared/dataset.json").read_text())
+    cats = dataset["categories"]
+    m, t = params["model"], params["train"]
+    figures: dict = {
+        "categories": cats,
+        "epochs": t["epochs"],
+        "image_size": t["image_size"],
+        "backbone": m["backbone"],
+        "cli_s": {},
+        "ray_s": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for cat in cats:
+            out = Path(tmp) / cat
+            train = [
+                PY,
+                "-m",
+                "skrd4ad.cli",
+                "train",
+                "--data",
+                dataset["root"],
+                "--category",
+                cat,
+                "--out",
+                str(out),
+                "--backbone",
+                m["backbone"],
+                "--teacher-weights",
+                str(m["teacher_weights"]),
+                "--skip",
+                m["skip"],
+                "--image-size",
+                str(t["image_size"]),
+                "--epochs",
+                str(t["epochs"]),
+                "--batch-size",
+                str(t["batch_size"]),
+                "--val-fraction",
+                str(t["val_fraction"]),
+                "--val-every",
+                str(t["val_every"]),
+                "--checkpoint-every",
+                str(t["checkpoint_every"]),
+                "--seed",
+                str(t["seed"]),
+                "--no-progress",
+            ]
+            evaluate = [
+                PY,
+                "-m",
+                "skrd4ad.cli",
+                "evaluate",
+                "--checkpoint",
+                str(out / "model.pt"),
+                "--data",
+                dataset["root"],
+                "--category",
+                cat,
+                "--out",
+                str(out / "eval"),
+                "--overlays",
+                "2",
+                "--curves",
+            ]
+            figures["cli_s"][cat] = run(train) + run(evaluate)
+        for k in range(1, len(cats) + 1):
+            p = Path(tmp) / f"params{k}.yaml"
+            prepared = Path(tmp) / f"prepared{k}"
+            prepared.mkdir()
+            (prepared / "dataset.json").write_text(json.dumps({**dataset, "categories": cats[:k]}))
+            p.write_text(
+                yaml.safe_dump(
+                    {
+                        **params,
+                        "mlflow": {
+                            **params["mlflow"],
+                            "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
+                        },
+                    }
+                )
+            )
+            env = {**os.environ, "SKRD4AD_PARAMS": str(p), "SKRD4AD_PREPARED": str(prepared)}
+            figures["ray_s"][k] = run([PY, "-m", "pipelines.benchmark"], env)
+    cli_total = sum(figures["cli_s"].values())
+    n = len(cats)
+    figures["cli_sequential_total_s"] = cli_total
+    figures["ray_over_cli_ratio"] = figures["ray_s"][n] / cli_total
+    figures["ray_fixed_cost_per_category_s"] = figures["ray_s"][1] - figures["cli_s"][cats[0]]
+    write_result("pipeline_scaling", figures)
+
+
+if __name__ == "__main__":
+    main()
