@@ -182,7 +182,8 @@ def test_killed_worker_resumes_from_its_checkpoint(project, tmp_path):
     }
     try:
         sh([sys.executable, "-m", "pipelines.benchmark"], root, fault_env)
-    finally:
+        history = json.loads((root / "results/benchmark/gravel/train_history.json").read_text())
+    finally:  # restore the DVC outputs this run overwrote (after reading them)
         sh([sys.executable, "-m", "dvc", "checkout", "-f", "-q"], root, env, check=False)
     assert marker.read_text().startswith("worker killed after epoch 2")
     metrics = json.loads((root / "metrics.json").read_text())
@@ -190,7 +191,6 @@ def test_killed_worker_resumes_from_its_checkpoint(project, tmp_path):
     # Not from epoch 0: from the newest checkpoint Ray had registered when the worker died
     # (the one reported just before the crash may still have been in flight).
     assert metrics["categories"]["gravel"]["resumed_from_epoch"] in (1, 2)
-    history = json.loads((root / "results/benchmark/gravel/train_history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
