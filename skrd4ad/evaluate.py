@@ -64,36 +64,30 @@ def evaluate(
     precision: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the test split; writes ``out/metrics.json`` atomically."""
-    from .checkpoint import load_model
-    from .inference import predict_maps, prepare_model, resolve_device
+    from .inference import Predictor
 
     t_start = time.perf_counter()
     out = ensure_writable_dir(Path(out))
-    dev = resolve_device(device)
-    model, state = load_model(Path(checkpoint), expect_backbone=backbone)
+    predictor = Predictor.from_checkpoint(
+        Path(checkpoint),
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        expect_backbone=backbone,
+    )
+    dev, state = predictor.device, predictor.state
     cfg = state.get("config", {})
-    size = int(cfg.get("image_size", 256))
-    precision = precision or cfg.get("precision", "auto")
-    channels_last = bool(cfg.get("channels_last", True))
     # The folder layout's train/test split must be the one the model was trained with.
     fraction = train_fraction if train_fraction is not None else cfg.get("train_fraction", 0.5)
     cat = load_category(
         Path(data), category, layout, train_fraction=fraction, seed=cfg.get("seed", 111)
     )
     t0 = time.perf_counter()
-    ts = decode_test_split(cat, size)
+    ts = decode_test_split(cat, predictor.image_size)
     t_decode = time.perf_counter() - t0
 
-    model = prepare_model(model, dev, channels_last, inference_only=True)
     t0 = time.perf_counter()
-    maps, scores = predict_maps(
-        model,
-        ts.images,
-        device=dev,
-        batch_size=batch_size,
-        precision=precision,
-        channels_last=channels_last,
-    )
+    maps, scores = predictor(ts.images)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     t_infer = time.perf_counter() - t0
@@ -123,7 +117,7 @@ def evaluate(
             "total_s": time.perf_counter() - t_start,
         },
         "device": str(dev),
-        "precision": precision,
+        "precision": predictor.precision,
         "notes": cat.notes,
     }
     maps_cpu, scores_cpu = maps.cpu(), scores.cpu()

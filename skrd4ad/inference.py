@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -80,3 +83,54 @@ def predict_maps(
             teacher, student = model(x)
         maps[start : start + x.shape[0]] = anomaly_map(teacher, student, size)
     return maps, image_score(maps)
+
+
+@dataclass
+class Predictor:
+    """A checkpoint's model ready for inference, with the settings it was trained with."""
+
+    model: SKRD4AD
+    state: dict[str, Any]
+    device: torch.device
+    image_size: int
+    precision: str
+    channels_last: bool
+    batch_size: int = 32
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: Path,
+        *,
+        device: str = "auto",
+        precision: str | None = None,
+        batch_size: int = 32,
+        expect_backbone: str | None = None,
+    ) -> Predictor:
+        """Load ``path``; ``precision`` None means the checkpoint's own setting."""
+        from .checkpoint import load_model
+
+        model, state = load_model(Path(path), expect_backbone=expect_backbone)
+        cfg = state.get("config", {})
+        dev = resolve_device(device)
+        channels_last = bool(cfg.get("channels_last", True))
+        return cls(
+            model=prepare_model(model, dev, channels_last, inference_only=True),
+            state=state,
+            device=dev,
+            image_size=int(cfg.get("image_size", 256)),
+            precision=precision or cfg.get("precision", "auto"),
+            channels_last=channels_last,
+            batch_size=batch_size,
+        )
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images (N, 3, S, S) to maps (N, S, S) and scores (N,) on the device."""
+        return predict_maps(
+            self.model,
+            images,
+            device=self.device,
+            batch_size=self.batch_size,
+            precision=self.precision,
+            channels_last=self.channels_last,
+        )

@@ -10,10 +10,9 @@ from typing import Any
 import torch
 
 from .atomic import atomic_write_text, ensure_writable_dir
-from .checkpoint import load_model
 from .data.images import image_tensor, list_images
 from .errors import UserError
-from .inference import predict_maps, prepare_model, resolve_device
+from .inference import Predictor
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
@@ -47,29 +46,19 @@ def predict(
 ) -> list[dict[str, Any]]:
     """Write ``out/predictions.csv`` (path, score, anomalous, threshold) and overlays."""
     out = ensure_writable_dir(Path(out))
-    model, state = load_model(Path(checkpoint))
+    predictor = Predictor.from_checkpoint(
+        Path(checkpoint), device=device, precision=precision, batch_size=batch_size
+    )
     if threshold is None:
-        threshold = state.get("threshold")
+        threshold = predictor.state.get("threshold")
     if threshold is None:
         raise UserError(
             f"no threshold: {checkpoint} recorded none (it was trained without a validation "
             "split); pass --threshold VALUE"
         )
     paths = collect_images(inputs)
-    cfg = state.get("config", {})
-    size = int(cfg.get("image_size", 256))
-    images = torch.stack([image_tensor(p, size) for p in paths])
-    dev = resolve_device(device)
-    channels_last = bool(cfg.get("channels_last", True))
-    model = prepare_model(model, dev, channels_last, inference_only=True)
-    maps, scores = predict_maps(
-        model,
-        images,
-        device=dev,
-        batch_size=batch_size,
-        precision=precision or cfg.get("precision", "auto"),
-        channels_last=channels_last,
-    )
+    images = torch.stack([image_tensor(p, predictor.image_size) for p in paths])
+    maps, scores = predictor(images)
     maps, scores = maps.cpu(), scores.cpu()
     rows = [
         {
