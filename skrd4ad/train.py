@@ -7,6 +7,7 @@ module importing them.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -303,9 +304,13 @@ def _finalise(cfg, out, model, val_set, history, best, device, rank=0) -> TrainR
     if rank != 0:
         return TrainResult(out, out / MODEL, len(history), history)
     source = out / (BEST if cfg.select == "best-val" and (out / BEST).exists() else LAST)
-    state = read_checkpoint(source)
-    for part in ("teacher", "bottleneck", "decoder"):
-        getattr(model, part).load_state_dict(state[part])
+    # The model in memory is the one last.pt holds; only a best.pt needs reading back.
+    epoch = history[-1]["epoch"] if history else 0
+    if source.name == BEST:
+        state = read_checkpoint(source)
+        for part in ("teacher", "bottleneck", "decoder"):
+            getattr(model, part).load_state_dict(state[part])
+        epoch = state["epoch"]
     threshold, val_metrics = None, None
     if val_set is not None:
         val_metrics, scores = _validate(model, val_set, cfg, device)
@@ -314,7 +319,7 @@ def _finalise(cfg, out, model, val_set, history, best, device, rank=0) -> TrainR
     save_checkpoint(
         model_path,
         model,
-        epoch=state["epoch"],
+        epoch=epoch,
         config=cfg.to_dict(),
         history=history,
         best=best,
@@ -327,6 +332,4 @@ def _finalise(cfg, out, model, val_set, history, best, device, rank=0) -> TrainR
 
 
 def _json(obj: Any) -> str:
-    import json
-
     return json.dumps(obj, indent=1, allow_nan=True) + "\n"
