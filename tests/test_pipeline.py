@@ -127,27 +127,46 @@ def test_mlflow_parent_and_nested_runs(project):
     assert len(student) == 3
 
 
-def test_failed_category_is_reported_and_others_finish(project, tmp_path):
+def rerun_benchmark(
+    project, tmp_path, categories, *, resources, train, extra_env=(), check=True, read=()
+):
+    """Run the benchmark stage again on the project's prepared data with other categories
+    and settings; returns the process, metrics.json and the JSON files named in ``read``,
+    read before the DVC outputs this run overwrote are restored."""
     root, env = project
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["resources"]["max_failures"] = 0
-    params["train"]["epochs"] = 1
+    params["resources"].update(resources)
+    params["train"].update(train)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     info = json.loads((root / "prepared" / "dataset.json").read_text())
-    info["categories"] = ["brick", "tile"]
-    (root / "prepared" / "dataset.json").write_text(json.dumps(info))
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "dataset.json").write_text(json.dumps({**info, "categories": categories}))
+    run_env = {
+        **env,
+        "SKRD4AD_PARAMS": str(tmp_path / "params.yaml"),
+        "SKRD4AD_PREPARED": str(prepared),
+        **dict(extra_env),
+    }
     try:
-        done = sh(
-            [sys.executable, "-m", "pipelines.benchmark"],
-            root,
-            {**env, "SKRD4AD_PARAMS": str(tmp_path / "params.yaml")},
-            check=False,
-        )
+        done = sh([sys.executable, "-m", "pipelines.benchmark"], root, run_env, check=check)
+        files = {name: json.loads((root / name).read_text()) for name in read}
     finally:
         sh([sys.executable, "-m", "dvc", "checkout", "-f", "-q"], root, env, check=False)
+    return done, json.loads((root / "metrics.json").read_text()), files
+
+
+def test_failed_category_is_reported_and_others_finish(project, tmp_path):
+    done, metrics, _ = rerun_benchmark(
+        project,
+        tmp_path,
+        ["brick", "tile"],
+        resources={"max_failures": 0},
+        train={"epochs": 1},
+        check=False,
+    )
     assert done.returncode == 1
     assert "categories failed: tile" in done.stderr
-    metrics = json.loads((root / "metrics.json").read_text())
     assert "tile" in metrics["failed"] and "not found" in metrics["failed"]["tile"]
     assert metrics["categories"]["brick"]["aupro"] is not None
 
@@ -165,33 +184,23 @@ def test_unreachable_mlflow_warns_and_keeps_going(tmp_path, monkeypatch):
 
 
 def test_killed_worker_resumes_from_its_checkpoint(project, tmp_path):
-    root, env = project
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["resources"]["max_failures"] = 1
-    params["train"]["epochs"] = 3
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    info = json.loads((root / "prepared" / "dataset.json").read_text())
-    info["categories"] = ["gravel"]
-    (root / "prepared" / "dataset.json").write_text(json.dumps(info))
     marker = tmp_path / "killed"
-    fault_env = {
-        **env,
-        "SKRD4AD_PARAMS": str(tmp_path / "params.yaml"),
-        "SKRD4AD_FAULT_AFTER_EPOCH": "2",
-        "SKRD4AD_FAULT_MARKER": str(marker),
-    }
-    try:
-        sh([sys.executable, "-m", "pipelines.benchmark"], root, fault_env)
-        history = json.loads((root / "results/benchmark/gravel/train_history.json").read_text())
-    finally:  # restore the DVC outputs this run overwrote (after reading them)
-        sh([sys.executable, "-m", "dvc", "checkout", "-f", "-q"], root, env, check=False)
+    history_file = "results/benchmark/gravel/train_history.json"
+    _, metrics, files = rerun_benchmark(
+        project,
+        tmp_path,
+        ["gravel"],
+        resources={"max_failures": 1},
+        train={"epochs": 3},
+        extra_env={"SKRD4AD_FAULT_AFTER_EPOCH": "2", "SKRD4AD_FAULT_MARKER": str(marker)},
+        read=[history_file],
+    )
     assert marker.read_text().startswith("worker killed after epoch 2")
-    metrics = json.loads((root / "metrics.json").read_text())
     assert metrics["failed"] == {}
     # Not from epoch 0: from the newest checkpoint Ray had registered when the worker died
     # (the one reported just before the crash may still have been in flight).
     assert metrics["categories"]["gravel"]["resumed_from_epoch"] in (1, 2)
-    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert [h["epoch"] for h in files[history_file]] == [1, 2, 3]
 
 
 def test_two_worker_ddp_matches_single_worker_in_expectation(small_dataset, tmp_path):
