@@ -10,8 +10,8 @@ TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install $(TORCH_PAIR) -e '.[dev,pipelines]'
+	$(PY) -m pip install --no-cache-dir --upgrade pip
+	$(PY) -m pip install --no-cache-dir $(TORCH_PAIR) -e '.[dev,pipelines]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -115,7 +115,7 @@ def fit_category(
     storage_endpoint: str | None = None,
 ) -> dict[str, Any]:
     """Run one category's TorchTrainer; copy its final checkpoint to ``dest``."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     resources = {"CPU": cpus_per_worker}
@@ -131,6 +131,8 @@ def fit_category(
             name=run_name,
             **_storage(storage_path, storage_endpoint),
             failure_config=FailureConfig(max_failures=max_failures),
+            # Resume needs only the latest; each last.pt holds the optimizer state too.
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
     try:

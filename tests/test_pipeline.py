@@ -99,7 +99,7 @@ def test_dvc_repro_writes_metrics_plots_and_report(project):
     assert "up to date" in status, status
 
 
-def test_mlflow_parent_and_nested_runs(project):
+def test_mlflow_parent_and_nested_runs(project, tmp_path):
     root, env = project
     import mlflow
 
@@ -121,7 +121,10 @@ def test_mlflow_parent_and_nested_runs(project):
     assert "mean_aupro" in parents[0].data.metrics
     import torch
 
-    model = mlflow.pytorch.load_model(f"runs:/{children[0].info.run_id}/model")
+    # dst_path: MLflow otherwise downloads into a fresh /tmp folder it never removes.
+    model = mlflow.pytorch.load_model(
+        f"runs:/{children[0].info.run_id}/model", dst_path=str(tmp_path / "download")
+    )
     with torch.no_grad():
         teacher, student = model(torch.randn(1, 3, 64, 64))
     assert len(student) == 3
