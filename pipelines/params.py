@@ -34,12 +34,24 @@ def load_params(path: Path | None = None) -> dict[str, Any]:
 
 
 def train_config(params: dict[str, Any], root: str, category: str, layout: str) -> dict[str, Any]:
-    """The skrd4ad.train.TrainConfig fields for one category (plain dict, for Ray)."""
+    """The skrd4ad.train.TrainConfig fields for one category (plain dict, for Ray).
+
+    ``loss.per_category.<category>`` (what ``pipelines.tune --write-params`` writes for a
+    per-category search) overrides ``loss`` for that category.
+    """
+    loss = {k: v for k, v in params["loss"].items() if k != "per_category"}
+    override = (params["loss"].get("per_category") or {}).get(category) or {}
+    if not isinstance(override, dict):
+        raise UserError(f"loss.per_category.{category} must be a mapping of alpha/beta/gamma")
+    unknown = sorted(set(override) - {"alpha", "beta", "gamma"})
+    if unknown:
+        raise UserError(f"loss.per_category.{category}: unknown keys {unknown}")
+    loss.update(override)
     return {
         "data": root,
         "category": category,
         "layout": layout,
         **{k: v for k, v in params["model"].items()},
-        **{k: float(v) for k, v in params["loss"].items()},
+        **{k: float(v) for k, v in loss.items()},
         **params["train"],
     }

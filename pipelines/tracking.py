@@ -42,6 +42,7 @@ class Tracker:
     ) -> None:
         self.ok = True
         self.parent = None
+        self.experiment = experiment
         uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or DEFAULT_URI
         try:
             if uri.startswith(("http://", "https://")):
@@ -130,5 +131,25 @@ class Tracker:
             self.mlflow.log_metrics(means)
             self.mlflow.log_artifact(str(metrics_file))
             self.mlflow.end_run()
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def finish_tune(self, summary: dict[str, Any], best_file: Path) -> None:
+        """Close a search's parent run with its best configs file."""
+        if not self.ok or self.parent is None:
+            return
+        try:
+            self.mlflow.log_metric("search_wall_s", float(summary.get("wall_s", 0.0)))
+            self.mlflow.log_artifact(str(best_file))
+            self.mlflow.end_run()
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def abort(self) -> None:
+        """End the parent run as KILLED (an interrupted search, to be resumed)."""
+        if not self.ok or self.parent is None:
+            return
+        try:
+            self.mlflow.end_run(status="KILLED")
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)

@@ -1,0 +1,598 @@
+"""Ray Tune search of the SK-RD4AD loss weights (α/β/γ, optionally lr, epochs, skip).
+
+    python -m pipelines.tune --space tune_spaces/loss_weights.yaml [--write-params]
+
+or, on a running cluster,
+
+    ray job submit --address http://HOST:8265 --working-dir . -- \\
+        python -m pipelines.tune --space tune_spaces/loss_weights.yaml
+
+Each trial is a function trainable running :func:`skrd4ad.train.fit` with the trial's
+weights and reporting every epoch's validation metrics (held-out normal images with
+synthetic defects) to Tune, where ASHA prunes on them. The test split is never read
+during the search. Afterwards the best completed trial of each category is evaluated once
+on the test set, every trial is a nested MLflow run under one parent run per search, and
+the best configs are written to ``<storage>/<name>/best.yaml`` (and, with
+``--write-params``, into params.yaml for ``dvc repro``).
+
+Scope ``per_category`` runs one search per category. Scope ``shared`` searches one config
+for all categories: a trial trains them in lockstep, an epoch of each at a time (each
+resuming from its checkpoint), and reports the mean validation metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from skrd4ad.atomic import atomic_write_text
+from skrd4ad.errors import UserError
+
+from .params import PARAMS, load_params, train_config
+from .tune_space import SearchSpec, load_space, param_space, scheduler, search_algorithm
+
+LAST = "last.pt"
+# Environment a submitted job hands on to its trials (ray job submit --runtime-env-json).
+FORWARDED_ENV = ("MLFLOW_", "AWS_", "SKRD4AD_")
+
+
+# --------------------------------------------------------------------------- trial side
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+_OPEN_LOG: dict[str, Any] = {}
+
+
+def _record_opens(root: str, log: str) -> None:
+    """Append every file this process opens under ``root`` to ``log`` (an audit hook).
+
+    This is the proof that a search never reads the test split: the hook sees every
+    ``open`` of the process, PIL's included, not only the ones skrd4ad means to make.
+    """
+    if _OPEN_LOG.get(log):  # audit hooks cannot be removed: install once per process
+        return
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    prefix = os.path.realpath(root) + os.sep
+
+    def hook(event: str, args: tuple) -> None:
+        if event != "open" or not isinstance(args[0], str):
+            return
+        path = os.path.realpath(args[0]) if not args[0].startswith(prefix) else args[0]
+        if path.startswith(prefix):
+            os.write(fd, (path + "\n").encode())  # os.write raises no 'open' event
+
+    sys.addaudithook(hook)
+    _OPEN_LOG[log] = fd
+
+
+def _data_root(base: dict[str, Any]) -> str:
+    """The dataset root on this node; the embedded default is rebuilt when a node lacks it
+    (it is deterministic, byte for byte), so a cluster needs no shared mount for it."""
+    root = base["train"]["data"]
+    if Path(root).is_dir() or not base.get("default_dataset"):
+        return root
+    from skrd4ad.data import make_default_dataset
+
+    key = json.dumps(base["default_dataset"], sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    local = Path(tempfile.gettempdir()) / f"skrd4ad-default-{digest}"
+    if not (local / "dataset.json").is_file():
+        tmp = Path(tempfile.mkdtemp(dir=local.parent, prefix=local.name + "."))
+        make_default_dataset(tmp, **base["default_dataset"])
+        (tmp / "dataset.json").write_text(key)
+        try:
+            tmp.rename(local)
+        except OSError:  # another trial on this node won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(local)
+
+
+def trial_func(config: dict[str, Any], base: dict[str, Any]) -> None:
+    """One trial: the searched settings in ``config``, everything else in ``base``."""
+    from ray import tune
+
+    from skrd4ad.train import TrainConfig, fit
+
+    root = _data_root(base)
+    if base.get("open_log"):
+        _record_opens(root, base["open_log"])
+    categories = base["categories"]
+    work = Path(tempfile.mkdtemp(prefix="skrd4ad-trial-"))
+    settings = {**base["train"], **config, "data": root, "progress": False}
+    settings.update(val_every=1, checkpoint_every=1, select="last")
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            for cat in categories:
+                if (Path(d) / cat / LAST).is_file():
+                    (work / cat).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(Path(d) / cat / LAST, work / cat / LAST)
+
+    def checkpoint_dir(tmp: str) -> Any:
+        for cat in categories:
+            if (work / cat / LAST).is_file():
+                (Path(tmp) / cat).mkdir()
+                shutil.copy(work / cat / LAST, Path(tmp) / cat / LAST)
+        return tune.Checkpoint.from_directory(tmp)
+
+    def config_for(cat: str, epochs: int) -> TrainConfig:
+        cfg = TrainConfig.from_dict({**settings, "category": cat, "out": str(work / cat)})
+        cfg.epochs = epochs
+        cfg.resume = (work / cat / LAST).is_file()
+        return cfg
+
+    epochs = int(settings["epochs"])
+    try:
+        if len(categories) == 1:
+            cat = categories[0]
+
+            def report(metrics: dict[str, Any]) -> None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    ckpt = checkpoint_dir(tmp) if "checkpoint" in metrics else None
+                    tune.report(_scalars(metrics), checkpoint=ckpt)
+
+            cfg = config_for(cat, epochs)
+            if cfg.resume and _epoch_of(work / cat / LAST) >= epochs:
+                return
+            fit(cfg, callbacks=[report])
+            return
+        # Shared config: categories advance in lockstep so that ASHA compares like with like.
+        done = min((_epoch_of(work / c / LAST) for c in categories), default=0)
+        for epoch in range(done + 1, epochs + 1):
+            per_cat: dict[str, dict[str, float]] = {}
+            for cat in categories:
+                history = fit(config_for(cat, epoch)).history
+                per_cat[cat] = _scalars(history[-1])
+            mean = {
+                k: sum(m[k] for m in per_cat.values()) / len(per_cat)
+                for k in per_cat[categories[0]]
+                if all(k in m for m in per_cat.values())
+            }
+            mean.update({f"{c}/{k}": v for c, m in per_cat.items() for k, v in m.items()})
+            with tempfile.TemporaryDirectory() as tmp:
+                tune.report(mean, checkpoint=checkpoint_dir(tmp))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _epoch_of(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    from skrd4ad.checkpoint import read_checkpoint
+
+    return int(read_checkpoint(path)["epoch"])
+
+
+def evaluate_best_on_test(
+    checkpoint: Any, categories: list[str], train: dict[str, Any]
+) -> dict[str, Any]:
+    """The one test-set evaluation of a search: the best trial's final models."""
+    from skrd4ad.evaluate import evaluate
+
+    out: dict[str, Any] = {}
+    with checkpoint.as_directory() as d, tempfile.TemporaryDirectory() as tmp:
+        for cat in categories:
+            metrics = evaluate(
+                Path(d) / cat / LAST,
+                Path(train["data"]),
+                cat,
+                Path(tmp) / cat,
+                layout=train.get("layout", "auto"),
+                device=train.get("device", "auto"),
+            )
+            out[cat] = {k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}
+    return out
+
+
+# --------------------------------------------------------------------------- driver side
+def _dataset(params: dict[str, Any], prepared: Path) -> dict[str, Any]:
+    """The prepared dataset (DVC's prepare stage), prepared here when it is missing."""
+    info_file = prepared / "dataset.json"
+    if not info_file.is_file():
+        from .prepare import prepare
+
+        print(f"tune: {info_file} missing; preparing the dataset from params.yaml")
+        return prepare(params, prepared)
+    return json.loads(info_file.read_text())
+
+
+def _categories(spec: SearchSpec, available: list[str]) -> list[str]:
+    if spec.categories == "all":
+        return list(available)
+    unknown = sorted(set(spec.categories) - set(available))
+    if unknown:
+        raise UserError(f"{spec.path}: categories: {unknown} not in the dataset {available}")
+    return list(spec.categories)
+
+
+def _ray_init(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"):
+        # Inside `ray job submit`: the job's runtime env (--runtime-env-json) already
+        # reaches every trial, and Ray refuses a second one that repeats its keys.
+        ray.init(address=address)
+        return
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+    runtime_env = {"env_vars": env} if env else None
+    if address:
+        ray.init(address=address, runtime_env=runtime_env)
+    else:
+        ray.init(include_dashboard=False, runtime_env=runtime_env)
+
+
+def _gpu(value: Any) -> float:
+    import ray
+
+    if value == "auto":
+        return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    return float(value)
+
+
+class SearchInterrupted(UserError):
+    """The search was stopped (Ctrl+C, SIGUSR1) before every trial ended."""
+
+
+def _unfinished(grid: Any, spec: SearchSpec) -> int:
+    """Trials not yet ended: Tune returns normally from an interrupted fit(), with trials
+    still pending or running, and trials a lazy searcher had not created yet."""
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    open_ = sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
+    return max(open_, spec.expected_trials - len(trials))
+
+
+def _trial_name(label: str, trial: Any) -> str:
+    return f"{label}_{trial.trial_id}"
+
+
+def _completed(result: Any, epochs: int) -> bool:
+    return (
+        result.error is None
+        and result.checkpoint is not None
+        and int((result.metrics or {}).get("epoch", 0)) >= epochs
+    )
+
+
+def _best(grid: Any, spec: SearchSpec, epochs: int) -> Any | None:
+    """Best trial by its last validation metric among trials that trained to the end (an
+    ASHA-stopped trial's model is a partial one)."""
+    sign = 1 if spec.mode == "max" else -1
+    best, best_value = None, -math.inf
+    for result in grid:
+        trial_epochs = int((result.config or {}).get("epochs", epochs))
+        if not _completed(result, trial_epochs):
+            continue
+        value = (result.metrics or {}).get(spec.metric)
+        if value is None or not math.isfinite(value):
+            continue
+        if sign * value > best_value:
+            best, best_value = result, sign * value
+    return best
+
+
+def _tune_one(
+    spec: SearchSpec,
+    base: dict[str, Any],
+    *,
+    name: str,
+    storage: str,
+    resume: bool,
+    callbacks: list[Any],
+    label: str,
+) -> Any:
+    from ray import tune
+
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_func, base=base), {"cpu": spec.cpu, "gpu": _gpu(spec.gpu)}
+    )
+    path = f"{storage.rstrip('/')}/{name}"
+    if resume and tune.Tuner.can_restore(path):
+        # Finished trials keep their results; unfinished ones go on from their checkpoint.
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        if resume:
+            print(f"tune: nothing to resume at {path}; starting the search")
+        from ray.tune import CheckpointConfig, RunConfig
+
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(spec),
+            tune_config=tune.TuneConfig(
+                metric=spec.metric,
+                mode=spec.mode,
+                search_alg=search_algorithm(spec),
+                scheduler=scheduler(spec),
+                num_samples=spec.num_samples,
+                max_concurrent_trials=spec.max_concurrent,
+                trial_name_creator=functools.partial(_trial_name, label),
+            ),
+            run_config=RunConfig(
+                name=name,
+                storage_path=storage,
+                callbacks=callbacks,
+                checkpoint_config=CheckpointConfig(num_to_keep=1),
+                verbose=1,
+            ),
+        )
+    return tuner.fit()
+
+
+def _mlflow_callbacks(spec: SearchSpec, tracker: Any, category: str) -> list[Any]:
+    if not tracker.ok or tracker.parent is None:
+        return []
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    return [
+        MLflowLoggerCallback(
+            tracking_uri=tracker.mlflow.get_tracking_uri(),
+            experiment_name=tracker.experiment,
+            tags={
+                "mlflow.parentRunId": tracker.parent.info.run_id,
+                "category": category,
+                "search": spec.name,
+            },
+        )
+    ]
+
+
+def run(
+    spec: SearchSpec,
+    params: dict[str, Any],
+    *,
+    prepared: Path = Path("prepared"),
+    storage: str | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    address: str | None = None,
+    open_log: str | None = None,
+) -> dict[str, Any]:
+    """Run the search; returns the summary written to ``<storage>/<name>/best.yaml``."""
+    import ray
+
+    from .tracking import Tracker, git_commit
+
+    dataset = _dataset(params, prepared)
+    categories = _categories(spec, dataset["categories"])
+    root = str(Path(dataset["root"]).resolve())
+    storage = storage or (params.get("tune") or {}).get("storage_path", "results/tune")
+    storage = storage if "://" in storage else str(Path(storage).resolve())
+    name = name or spec.name
+    _ray_init(address or params["ray"].get("address"))
+
+    train_base = {k: v for k, v in train_config(params, root, "", dataset["layout"]).items()}
+    train_base.pop("category")
+    train_base.update(spec.train)
+    train_base["epochs"] = spec.epochs
+    base_common = {
+        "train": train_base,
+        "open_log": open_log,
+        "default_dataset": (
+            params.get("default_dataset", {}) if dataset["name"] == "default" else None
+        ),
+    }
+    tune_params = params.get("tune") or {}
+    tracker = Tracker(
+        tune_params.get("experiment", "skrd4ad-tune"),
+        params["mlflow"].get("tracking_uri"),
+        params["mlflow"].get("artifact_location"),
+    )
+    tags = {"search": spec.name, "dataset": dataset["name"], "git_commit": git_commit()}
+    tracker.start(f"tune-{name}", {"space": _space_params(spec), "scope": spec.scope}, tags)
+
+    groups = [[c] for c in categories] if spec.scope == "per_category" else [categories]
+    summary: dict[str, Any] = {
+        "search": spec.name,
+        "space": str(spec.path),
+        "metric": spec.metric,
+        "mode": spec.mode,
+        "scope": spec.scope,
+        "dataset": dataset["name"],
+        "best": {},
+    }
+    t0 = time.perf_counter()
+    for group in groups:
+        label = group[0] if len(group) == 1 else "shared"
+        base = {**base_common, "categories": group}
+        grid = _tune_one(
+            spec,
+            base,
+            name=f"{name}-{label}",
+            storage=storage,
+            resume=resume,
+            callbacks=_mlflow_callbacks(spec, tracker, label),
+            label=label,
+        )
+        unfinished = _unfinished(grid, spec)
+        if unfinished:
+            tracker.abort()
+            raise SearchInterrupted(
+                f"search {name}-{label} stopped with {unfinished} unfinished trial(s); its "
+                f"state is saved under {storage}: run the same command with --resume"
+            )
+        best = _best(grid, spec, spec.epochs)
+        trials = [
+            {
+                "config": r.config,
+                "epochs_run": int((r.metrics or {}).get("epoch", 0)),
+                spec.metric: (r.metrics or {}).get(spec.metric),
+                "error": None if r.error is None else str(r.error)[:300],
+            }
+            for r in grid
+        ]
+        entry: dict[str, Any] = {
+            "trials": len(trials),
+            "epochs_trained": sum(t["epochs_run"] for t in trials),
+            "errors": sum(t["error"] is not None for t in trials),
+        }
+        if best is None:
+            entry["error"] = "no trial trained to the end with a finite validation metric"
+        else:
+            entry["config"] = {k: best.config[k] for k in spec.params}
+            entry[spec.metric] = float(best.metrics[spec.metric])
+            remote = ray.remote(num_cpus=spec.cpu, num_gpus=_gpu(spec.gpu))(evaluate_best_on_test)
+            test_train = {**train_base, "data": root}
+            entry["test"] = ray.get(remote.remote(best.checkpoint, group, test_train))
+        for cat in group:
+            summary["best"][cat] = {
+                **{k: v for k, v in entry.items() if k != "test"},
+                **({"test": entry["test"][cat]} if "test" in entry else {}),
+            }
+        tracker_log_best(tracker, label, entry, spec)
+    summary["wall_s"] = time.perf_counter() - t0
+    out = Path(storage) / name / "best.yaml" if "://" not in storage else Path(f"{name}-best.yaml")
+    atomic_write_text(out, yaml.safe_dump(summary, sort_keys=False))
+    summary["file"] = str(out)
+    tracker.finish_tune(summary, out)
+    return summary
+
+
+def _space_params(spec: SearchSpec) -> dict[str, Any]:
+    return {
+        "params": {k: v for k, v in spec.params.items()},
+        "algorithm": spec.algorithm,
+        "scheduler": spec.scheduler,
+        "num_samples": spec.num_samples,
+        "epochs": spec.epochs,
+    }
+
+
+def tracker_log_best(tracker: Any, label: str, entry: dict[str, Any], spec: SearchSpec) -> None:
+    """The best config of a search as its own nested run, tagged ``best``."""
+    if not tracker.ok or "config" not in entry:
+        return
+    try:
+        mlflow = tracker.mlflow
+        with mlflow.start_run(
+            run_name=f"best-{label}", nested=True, tags={"best": "true", "category": label}
+        ):
+            mlflow.log_params(entry["config"])
+            metrics = {spec.metric: entry[spec.metric]}
+            for cat, values in entry.get("test", {}).items():
+                metrics.update(
+                    {
+                        f"test_{k}" if label != "shared" else f"{cat}/test_{k}": v
+                        for k, v in values.items()
+                        if v is not None and v == v
+                    }
+                )
+            mlflow.log_metrics(metrics)
+    except Exception as exc:  # noqa: BLE001 - tracking never fails a search
+        tracker._fail(exc)
+
+
+def write_params(summary: dict[str, Any], path: Path) -> None:
+    """Put the best loss weights into params.yaml, keeping its comments and order.
+
+    A shared search sets ``loss``; a per-category search sets ``loss.per_category``, which
+    the benchmark applies on top of ``loss`` for those categories.
+    """
+    from ruamel.yaml import YAML
+
+    ryaml = YAML()
+    ryaml.preserve_quotes = True
+    doc = ryaml.load(path.read_text())
+    keys = ("alpha", "beta", "gamma")
+    best = {c: b["config"] for c, b in summary["best"].items() if "config" in b}
+    if not best:
+        raise UserError("no best config to write: every search failed (see best.yaml)")
+    if summary["scope"] == "shared":
+        config = next(iter(best.values()))
+        for k in keys:
+            if k in config:
+                doc["loss"][k] = float(config[k])
+    else:
+        per = doc["loss"].setdefault("per_category", {})
+        for cat, config in best.items():
+            per[cat] = {k: float(config[k]) for k in keys if k in config}
+    import io
+
+    buf = io.StringIO()
+    ryaml.dump(doc, buf)
+    atomic_write_text(path, buf.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.tune", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--space", required=True, help="search-space file, e.g. tune_spaces/loss_weights.yaml"
+    )
+    parser.add_argument("--params", default=str(PARAMS), help="params.yaml to read (and write)")
+    parser.add_argument("--prepared", default="prepared", help="the prepare stage's output folder")
+    parser.add_argument(
+        "--storage-path",
+        help="Tune storage: local, a shared mount or s3:// (default: params tune.storage_path)",
+    )
+    parser.add_argument(
+        "--name", help="search name (its folder under the storage path); default the space's name"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume a stopped search (Tuner.restore); finished trials are not re-run",
+    )
+    parser.add_argument(
+        "--address", help="Ray cluster address; default params ray.address, or the job's cluster"
+    )
+    parser.add_argument(
+        "--write-params",
+        action="store_true",
+        help="write the best loss weights into --params for dvc repro",
+    )
+    args = parser.parse_args(argv)
+    warnings.simplefilter("default")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    try:
+        spec = load_space(args.space)  # before Ray starts: a bad file costs no trial
+        params = load_params(Path(args.params))
+        summary = run(
+            spec,
+            params,
+            prepared=Path(args.prepared),
+            storage=args.storage_path,
+            name=args.name,
+            resume=args.resume,
+            address=args.address,
+            open_log=os.environ.get("SKRD4AD_OPEN_LOG"),
+        )
+        if args.write_params:
+            write_params(summary, Path(args.params))
+            print(f"tune: best loss weights written to {args.params}")
+    except SearchInterrupted as exc:
+        print(f"tune: {exc}", file=sys.stderr)
+        return 130
+    except UserError as exc:
+        print(f"tune: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary["best"], indent=1, default=str))
+    print(f"tune: best configs in {summary['file']}")
+    failed = [c for c, b in summary["best"].items() if "config" not in b]
+    if failed:
+        print(f"tune: error: no usable trial for {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
