@@ -180,6 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="last",
         help="final model: the last epoch, or the best validation AUPRO (never test metrics)",
     )
+    p.add_argument(
+        "--cache-features",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="compute the frozen teacher's features once per image and reuse them every "
+        "epoch (auto: unless --augment); off recomputes them every step",
+    )
+    p.add_argument(
+        "--augment",
+        choices=["none", "hflip"],
+        default="none",
+        help="training augmentation (hflip: random horizontal flips; disables the cache)",
+    )
     p.add_argument("--resume", action="store_true", help="resume from OUT/last.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -213,6 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
     _add_runtime_flags(p, precision=None)
+
+    p = add(
+        "export",
+        "write a self-contained model: uint8 images (N, 3, S, S) -> (anomaly map, score)",
+    )
+    p.add_argument("--checkpoint", required=True, help="model.pt (or last.pt) written by train")
+    p.add_argument("--format", required=True, choices=["torchscript", "onnx"], help="file format")
+    p.add_argument(
+        "--out", default=None, help="file to write (default: the checkpoint's name, .pt/.onnx)"
+    )
 
     p = add("demo", "make the default dataset, train and evaluate every category (quick start)")
     p.add_argument("--out", default="runs/demo", help="run folder")
@@ -301,6 +324,8 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         select=args.select,
         resume=args.resume,
         progress=not args.no_progress,
+        cache_features=args.cache_features,
+        augment=args.augment,
     )
     result = fit(cfg)
     return {
@@ -428,6 +453,11 @@ def run(argv: list[str] | None = None) -> int:
             "images": len(rows),
             "anomalous": sum(r["anomalous"] == "yes" for r in rows),
         }
+    elif args.command == "export":
+        from .export import export
+
+        out = export(Path(args.checkpoint), args.format, Path(args.out) if args.out else None)
+        result = {"out": str(out), "format": args.format, "preprocessing": "see skrd4ad/export.py"}
     else:
         result = _demo(args)
     print(json.dumps(result, indent=2, default=str, allow_nan=True))
