@@ -23,6 +23,8 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .data import category_tensors, load_category
 from .errors import CheckpointError, TrainingDiverged, UserError
 from .evaluate import best_f1_threshold, score_tensor_set
+from .feature_cache import MODES as CACHE_MODES
+from .feature_cache import build_cache, use_cache
 from .inference import (
     PRECISIONS,
     autocast,
@@ -40,6 +42,7 @@ LAST = "last.pt"
 BEST = "best.pt"
 MODEL = "model.pt"
 SELECT = ("last", "best-val")
+AUGMENT = ("none", "hflip")
 # Settings that change what a checkpoint's weights mean; resuming with others is an error.
 _FIXED_ON_RESUME = ("backbone", "skip", "image_size", "teacher_weights", "seed", "category")
 
@@ -75,6 +78,10 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     eval_batch_size: int = 32
+    # Teacher features once per image, reused every epoch (skrd4ad/feature_cache.py):
+    # auto/on = cached unless augmenting, off = recomputed every step.
+    cache_features: str = "auto"
+    augment: str = "none"  # none | hflip (random horizontal flips; turns the cache off)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -108,6 +115,17 @@ class TrainConfig:
                 raise UserError(f"--{name} must be a finite number >= 0, got {value}")
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.cache_features not in CACHE_MODES:
+            raise UserError(
+                f"--cache-features must be one of {CACHE_MODES}, got {self.cache_features!r}"
+            )
+        if self.augment not in AUGMENT:
+            raise UserError(f"--augment must be one of {AUGMENT}, got {self.augment!r}")
+        if self.cache_features == "on" and self.augment != "none":
+            raise UserError(
+                "--cache-features on needs --augment none: augmented inputs change the "
+                "teacher features every epoch (use auto to fall back to recomputing)"
+            )
         if self.select not in SELECT:
             raise UserError(f"--select must be one of {SELECT}, got {self.select!r}")
         if self.select == "best-val" and self.val_fraction <= 0:
@@ -198,6 +216,21 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
 
     n = len(train_set)
     callbacks = list(callbacks)
+    cache = None
+    if use_cache(cfg.cache_features, cfg.augment) and start_epoch < cfg.epochs:
+        cache = build_cache(
+            model,
+            train_set.images,
+            device=device,
+            precision=cfg.precision,
+            channels_last=cfg.channels_last,
+            batch_size=cfg.eval_batch_size,
+        )
+        if cfg.progress:
+            tqdm.write(
+                f"teacher features cached ({cache.where}, {cache.nbytes / 2**20:.0f} MiB) "
+                f"in {cache.build_s:.1f} s"
+            )
     for epoch in range(start_epoch, cfg.epochs):
         model.bottleneck.train()
         model.decoder.train()
@@ -206,6 +239,7 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
         order = torch.randperm(
             n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         )
+        flips = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 7)
         if world > 1:  # equal shares, so every rank takes the same number of steps
             order = order[: n - n % world][rank::world]
         # Sums stay on the device: reading a loss every step would stall a GPU.
@@ -219,10 +253,19 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
         )
         for step, start in enumerate(bar):
             idx = order[start : start + batch]
-            x = to_input(train_set.images[idx], device, cfg.channels_last)
-            with autocast(device, cfg.precision):
-                teacher = model.teacher(x)
-                student = student_net(teacher)
+            if cache is not None:
+                teacher = cache.batch(idx)
+                with autocast(device, cfg.precision):
+                    student = student_net(teacher)
+            else:
+                images = train_set.images[idx]
+                if cfg.augment == "hflip":
+                    flip = torch.rand(len(idx), generator=flips) < 0.5
+                    images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+                x = to_input(images, device, cfg.channels_last)
+                with autocast(device, cfg.precision):
+                    teacher = model.teacher(x)
+                    student = student_net(teacher)
             loss, terms = loss_fn(teacher, student)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -252,6 +295,8 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
             "epoch_s": seconds,
             "images_per_s": seen / seconds,
         }
+        if cache is not None and epoch == start_epoch:
+            metrics["teacher_cache_s"] = cache.build_s
         final = epoch + 1 == cfg.epochs
         if val_set is not None and ((epoch + 1) % cfg.val_every == 0 or final):
             val, _ = _validate(model, val_set, cfg, device)

@@ -1,0 +1,68 @@
+"""Cached teacher features: the same training as recomputing them, and off when augmenting."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from skrd4ad.errors import UserError
+from skrd4ad.feature_cache import build_cache
+from skrd4ad.inference import to_input
+from skrd4ad.models import build_model
+from skrd4ad.train import fit
+
+
+def _history(path):
+    return json.loads((path / "train_history.json").read_text())
+
+
+def test_cached_and_uncached_training_give_the_same_loss(small_dataset, tmp_path):
+    runs = {}
+    for mode in ("on", "off"):
+        cfg = tiny_config(small_dataset, tmp_path / mode, epochs=3, cache_features=mode)
+        fit(cfg)
+        runs[mode] = _history(tmp_path / mode)
+    assert "teacher_cache_s" in runs["on"][0] and "teacher_cache_s" not in runs["off"][0]
+    for cached, plain in zip(runs["on"], runs["off"], strict=True):
+        for key in ("loss", "cosine", "consistency"):
+            assert cached[key] == pytest.approx(plain[key], abs=1e-5), (key, cached["epoch"])
+    a = torch.load(tmp_path / "on" / "model.pt", weights_only=False)["decoder"]
+    b = torch.load(tmp_path / "off" / "model.pt", weights_only=False)["decoder"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=1e-4)
+
+
+def test_cache_holds_the_teachers_features(small_dataset):
+    torch.manual_seed(0)
+    model = build_model("resnet18", "none", "sk").eval()
+    images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
+    cpu = torch.device("cpu")
+    cache = build_cache(
+        model, images, device=cpu, precision="fp32", channels_last=False, batch_size=2
+    )
+    assert cache.where == "cpu-float32"
+    idx = torch.tensor([4, 0, 2])
+    with torch.no_grad():
+        direct = model.teacher(to_input(images[idx], cpu, False))
+    for got, want in zip(cache.batch(idx), direct, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not any(t.requires_grad for t in cache.levels)
+    bf16 = build_cache(model, images, device=cpu, precision="bf16", channels_last=True)
+    assert bf16.where == "cpu-bfloat16"
+    assert bf16.batch(idx)[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_augmentation_turns_the_cache_off(small_dataset, tmp_path):
+    cfg = tiny_config(small_dataset, tmp_path / "aug", epochs=2, augment="hflip")
+    fit(cfg)
+    history = _history(tmp_path / "aug")
+    assert "teacher_cache_s" not in history[0]
+    plain = tiny_config(small_dataset, tmp_path / "plain", epochs=2, cache_features="off")
+    fit(plain)
+    # The flips reach training: the losses differ from the unaugmented run's.
+    assert history[0]["loss"] != pytest.approx(_history(tmp_path / "plain")[0]["loss"], abs=1e-6)
+    with pytest.raises(UserError, match="--cache-features on needs --augment none"):
+        fit(tiny_config(small_dataset, tmp_path / "bad", cache_features="on", augment="hflip"))
