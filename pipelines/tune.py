@@ -111,6 +111,7 @@ def trial_func(config: dict[str, Any], base: dict[str, Any]) -> None:
 
     from skrd4ad.train import TrainConfig, fit
 
+    started = time.perf_counter()  # trial_s: the trial's own time, to tell Tune's overhead
     root = _data_root(base)
     if base.get("open_log"):
         _record_opens(root, base["open_log"])
@@ -147,7 +148,9 @@ def trial_func(config: dict[str, Any], base: dict[str, Any]) -> None:
             def report(metrics: dict[str, Any]) -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     ckpt = checkpoint_dir(tmp) if "checkpoint" in metrics else None
-                    tune.report(_scalars(metrics), checkpoint=ckpt)
+                    scalars = _scalars(metrics)
+                    scalars["trial_s"] = time.perf_counter() - started
+                    tune.report(scalars, checkpoint=ckpt)
 
             cfg = config_for(cat, epochs)
             if cfg.resume and _epoch_of(work / cat / LAST) >= epochs:
@@ -167,6 +170,7 @@ def trial_func(config: dict[str, Any], base: dict[str, Any]) -> None:
                 if all(k in m for m in per_cat.values())
             }
             mean.update({f"{c}/{k}": v for c, m in per_cat.items() for k, v in m.items()})
+            mean["trial_s"] = time.perf_counter() - started
             with tempfile.TemporaryDirectory() as tmp:
                 tune.report(mean, checkpoint=checkpoint_dir(tmp))
     finally:
@@ -408,11 +412,13 @@ def run(
         "scope": spec.scope,
         "dataset": dataset["name"],
         "best": {},
+        "trials": {},
     }
     t0 = time.perf_counter()
     for group in groups:
         label = group[0] if len(group) == 1 else "shared"
         base = {**base_common, "categories": group}
+        t_group = time.perf_counter()
         grid = _tune_one(
             spec,
             base,
@@ -432,8 +438,9 @@ def run(
         best = _best(grid, spec, spec.epochs)
         trials = [
             {
-                "config": r.config,
+                "config": {k: _plain(v) for k, v in (r.config or {}).items()},
                 "epochs_run": int((r.metrics or {}).get("epoch", 0)),
+                "trial_s": (r.metrics or {}).get("trial_s"),
                 spec.metric: (r.metrics or {}).get(spec.metric),
                 "error": None if r.error is None else str(r.error)[:300],
             }
@@ -441,13 +448,15 @@ def run(
         ]
         entry: dict[str, Any] = {
             "trials": len(trials),
+            "search_s": time.perf_counter() - t_group,
+            "trial_s": sum(t["trial_s"] or 0.0 for t in trials),
             "epochs_trained": sum(t["epochs_run"] for t in trials),
             "errors": sum(t["error"] is not None for t in trials),
         }
         if best is None:
             entry["error"] = "no trial trained to the end with a finite validation metric"
         else:
-            entry["config"] = {k: best.config[k] for k in spec.params}
+            entry["config"] = {k: _plain(best.config[k]) for k in spec.params}
             entry[spec.metric] = float(best.metrics[spec.metric])
             remote = ray.remote(num_cpus=spec.cpu, num_gpus=_gpu(spec.gpu))(evaluate_best_on_test)
             test_train = {**train_base, "data": root}
@@ -457,6 +466,7 @@ def run(
                 **{k: v for k, v in entry.items() if k != "test"},
                 **({"test": entry["test"][cat]} if "test" in entry else {}),
             }
+        summary["trials"][label] = trials
         tracker_log_best(tracker, label, entry, spec)
     summary["wall_s"] = time.perf_counter() - t0
     out = Path(storage) / name / "best.yaml" if "://" not in storage else Path(f"{name}-best.yaml")
@@ -464,6 +474,11 @@ def run(
     summary["file"] = str(out)
     tracker.finish_tune(summary, out)
     return summary
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (from some searchers) as plain Python values, for YAML and MLflow."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def _space_params(spec: SearchSpec) -> dict[str, Any]:

@@ -153,6 +153,36 @@ def test_write_params_feeds_the_benchmark(smoke):
     assert other["gamma"] == params["loss"]["gamma"]
 
 
+def test_shared_optuna_search_trains_categories_in_lockstep(tmp_path):
+    root = _copy_project(tmp_path)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["dataset"]["categories"] = ["brick", "grass"]
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    space = yaml.safe_load(SMOKE.read_text())
+    space.update(name="shared", scope="shared", categories="all", epochs=2)
+    space["search"].update(algorithm="optuna", num_samples=2, max_concurrent=2)
+    space["scheduler"]["name"] = "fifo"
+    space["params"] = {"alpha": {"uniform": [0.0, 1.0]}, "gamma": {"loguniform": [0.01, 0.1]}}
+    (root / "shared.yaml").write_text(yaml.safe_dump(space))
+    _tune(root, "--space", "shared.yaml", "--write-params", env=_env(root))
+    best = yaml.safe_load((root / "store" / "shared" / "best.yaml").read_text())
+    assert set(best["best"]) == {"brick", "grass"}
+    assert best["best"]["brick"]["config"] == best["best"]["grass"]["config"]
+    assert set(best["best"]["grass"]["test"]) == {"image_auroc", "pixel_auroc", "aupro"}
+    trials = best["trials"]["shared"]
+    assert len(trials) == 2 and all(t["epochs_run"] == 2 for t in trials)
+    assert all(0.0 <= t["config"]["alpha"] <= 1.0 for t in trials)
+    # Each epoch's objective is the mean of the categories' validation metrics.
+    results = _trial_results(root / "store")
+    for lines in results.values():
+        for r in lines:
+            assert r["val_aupro"] == pytest.approx(
+                (r["brick/val_aupro"] + r["grass/val_aupro"]) / 2
+            )
+    written = yaml.safe_load((root / "params.yaml").read_text())["loss"]
+    assert written["gamma"] == pytest.approx(best["best"]["brick"]["config"]["gamma"])
+
+
 def _trial_results(store: Path) -> dict[str, list[dict]]:
     out = {}
     for result in store.glob("*/*/result.json"):
