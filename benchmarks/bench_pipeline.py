@@ -5,11 +5,12 @@ Uses params.yaml's settings (the quick-start benchmark on the embedded default d
 2. `python -m pipelines.benchmark` with 1, 2 and 3 concurrent categories.
 Ray's fixed cost per category = Ray wall time for one category - CLI time for it.
 Run from the repository root after `python -m pipelines.prepare`:
-    python benchmarks/bench_pipeline.py
+    python benchmarks/bench_pipeline.py [--epochs N]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -33,7 +34,12 @@ def run(cmd: list[str], env: dict | None = None) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--epochs", type=int, help="override params.yaml train.epochs")
+    args = parser.parse_args()
     params = yaml.safe_load(Path("params.yaml").read_text())
+    if args.epochs:
+        params["train"]["epochs"] = args.epochs
     dataset = json.loads(Path("prepared/dataset.json").read_text())
     cats = dataset["categories"]
     m, t = params["model"], params["train"]
@@ -122,7 +128,7 @@ def main() -> None:
     figures["cli_sequential_total_s"] = cli_total
     figures["ray_over_cli_ratio"] = figures["ray_s"][n] / cli_total
     figures["ray_fixed_cost_per_category_s"] = figures["ray_s"][1] - figures["cli_s"][cats[0]]
-    write_result("pipeline_scaling", figures)
+    write_result("pipeline_scaling" + (f"_e{args.epochs}" if args.epochs else ""), figures)
 
 
 if __name__ == "__main__":

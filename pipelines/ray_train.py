@@ -19,7 +19,7 @@ from typing import Any
 FINAL_KEYS = ("image_auroc", "pixel_auroc", "aupro")
 
 
-def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {
         k: float(v)
         for k, v in metrics.items()
@@ -48,12 +48,12 @@ def train_func(config: dict[str, Any]) -> None:
     fault = config.get("fault") or {}
 
     def report(metrics: dict[str, Any]) -> None:
-        scalars = _scalars(metrics)
+        scalars = scalar_metrics(metrics)
         if "checkpoint" not in metrics:
             ray.train.report(scalars)
             return
-        with tempfile.TemporaryDirectory() as d:
-            shutil.copy(metrics["checkpoint"], Path(d) / "last.pt")
+        with tempfile.TemporaryDirectory(dir=work) as d:
+            _link(Path(metrics["checkpoint"]), Path(d) / "last.pt")
             ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(d))
         _maybe_crash(fault, int(metrics["epoch"]))
 
@@ -73,10 +73,10 @@ def train_func(config: dict[str, Any]) -> None:
         overlays=config.get("overlays", 0),
         curves=True,
     )
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory(dir=work) as d:
         for name in ("model.pt", "last.pt", "train_history.json"):
-            shutil.copy(work / name, Path(d) / name)
-        shutil.copytree(work / "eval", Path(d) / "eval")
+            _link(work / name, Path(d) / name)
+        shutil.copytree(work / "eval", Path(d) / "eval", copy_function=_link)
         metrics = {k: (math.nan if final[k] is None else final[k]) for k in FINAL_KEYS}
         metrics["train_s"] = sum(h["epoch_s"] for h in result.history)
         metrics["images_per_s"] = result.history[-1]["images_per_s"]
@@ -84,6 +84,15 @@ def train_func(config: dict[str, Any]) -> None:
         metrics["resumed_from_epoch"] = float(start_epoch)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Hard-link (a checkpoint is ~200 MB; Ray copies it to storage anyway), else copy.
+    The source is replaced by rename, never rewritten in place, so the link stays valid."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _maybe_crash(fault: dict[str, Any], epoch: int) -> None:

@@ -34,6 +34,18 @@ def _flat(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = json.dumps(value) if isinstance(value, list) else str(value)
 
 
+def _requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in ("torch", "torchvision", "numpy", "scikit-image", "pillow", "pyyaml", "tqdm"):
+        try:
+            out.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:
+            out.append(name)
+    return out
+
+
 class Tracker:
     """Thin wrapper over mlflow; every call is a no-op after the first failure."""
 
@@ -118,8 +130,16 @@ class Tracker:
                 import mlflow.pytorch
 
                 # pickle, not pt2: the model returns feature lists, which torch.export
-                # would need an input example and a fixed batch size for.
-                mlflow.pytorch.log_model(model, name="model", serialization_format="pickle")
+                # would need an input example and a fixed batch size for. Naming the
+                # requirements skips MLflow's inference of them (seconds per model). Loading
+                # it needs skrd4ad importable (code_paths would copy the package, but MLflow
+                # then re-imports skrd4ad from the copy inside the running process).
+                mlflow.pytorch.log_model(
+                    model,
+                    name="model",
+                    serialization_format="pickle",
+                    pip_requirements=_requirements(),
+                )
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 

@@ -42,6 +42,7 @@ from skrd4ad.atomic import atomic_write_text
 from skrd4ad.errors import UserError
 
 from .params import PARAMS, load_params, train_config
+from .ray_train import scalar_metrics
 from .tune_space import SearchSpec, load_space, param_space, scheduler, search_algorithm
 
 LAST = "last.pt"
@@ -50,14 +51,6 @@ FORWARDED_ENV = ("MLFLOW_", "AWS_", "SKRD4AD_")
 
 
 # --------------------------------------------------------------------------- trial side
-def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    return {
-        k: float(v)
-        for k, v in metrics.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
-
-
 _OPEN_LOG: dict[str, Any] = {}
 
 
@@ -148,7 +141,7 @@ def trial_func(config: dict[str, Any], base: dict[str, Any]) -> None:
             def report(metrics: dict[str, Any]) -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     ckpt = checkpoint_dir(tmp) if "checkpoint" in metrics else None
-                    scalars = _scalars(metrics)
+                    scalars = scalar_metrics(metrics)
                     scalars["trial_s"] = time.perf_counter() - started
                     tune.report(scalars, checkpoint=ckpt)
 
@@ -163,7 +156,7 @@ def trial_func(config: dict[str, Any], base: dict[str, Any]) -> None:
             per_cat: dict[str, dict[str, float]] = {}
             for cat in categories:
                 history = fit(config_for(cat, epoch)).history
-                per_cat[cat] = _scalars(history[-1])
+                per_cat[cat] = scalar_metrics(history[-1])
             mean = {
                 k: sum(m[k] for m in per_cat.values()) / len(per_cat)
                 for k in per_cat[categories[0]]

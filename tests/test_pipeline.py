@@ -253,3 +253,14 @@ def test_two_worker_ddp_matches_single_worker_in_expectation(small_dataset, tmp_
     # same model, same global batch, same data: the loss curves agree up to batch noise
     assert ddp[-1] < ddp[0]
     assert np.allclose(ddp, single, rtol=0.15), (single, ddp)
+
+
+def test_auto_cpus_share_the_cluster_so_no_category_waits():
+    from pipelines.benchmark import _cpus_per_worker
+
+    share = _cpus_per_worker("auto", {"CPU": 2.0}, 3, 0.0)
+    assert share == pytest.approx(2 / 3, abs=1e-4) and round(share * 1e4) * 3 <= 2e4
+    assert _cpus_per_worker("auto", {"CPU": 64.0}, 4, 0.0) == 8.0  # capped
+    assert _cpus_per_worker("auto", {"CPU": 2.0}, 15, 0.0) == 0.5  # at most 2 per core
+    assert _cpus_per_worker("auto", {"CPU": 16.0, "GPU": 1.0}, 15, 0.25) == 1.0
+    assert _cpus_per_worker(3, {"CPU": 2.0}, 3, 0.0) == 3.0
