@@ -138,7 +138,7 @@ def fit_category(
         ),
         run_config=RunConfig(
             name=run_name,
-            **_storage(storage_path, storage_endpoint),
+            **storage_args(storage_path, storage_endpoint),
             failure_config=FailureConfig(max_failures=max_failures),
             # Resume needs only the latest; each last.pt holds the optimizer state too.
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -156,7 +156,7 @@ def fit_category(
     return {"category": category, "metrics": dict(result.metrics or {}), "dir": str(dest)}
 
 
-def _storage(path: str, endpoint: str | None) -> dict[str, Any]:
+def storage_args(path: str, endpoint: str | None) -> dict[str, Any]:
     """RunConfig storage arguments; an S3-compatible endpoint gets its own filesystem."""
     if not (endpoint and path.startswith("s3://")):
         return {"storage_path": path}

@@ -42,7 +42,7 @@ from skrd4ad.atomic import atomic_write_text
 from skrd4ad.errors import UserError
 
 from .params import PARAMS, load_params, train_config
-from .ray_train import scalar_metrics
+from .ray_train import scalar_metrics, storage_args
 from .tune_space import SearchSpec, load_space, param_space, scheduler, search_algorithm
 
 LAST = "last.pt"
@@ -296,16 +296,21 @@ def _tune_one(
     resume: bool,
     callbacks: list[Any],
     label: str,
+    endpoint: str | None = None,
 ) -> Any:
     from ray import tune
 
     trainable = tune.with_resources(
         tune.with_parameters(trial_func, base=base), {"cpu": spec.cpu, "gpu": _gpu(spec.gpu)}
     )
-    path = f"{storage.rstrip('/')}/{name}"
-    if resume and tune.Tuner.can_restore(path):
+    where = storage_args(storage, endpoint)
+    fs = where.get("storage_filesystem")
+    path = f"{where['storage_path'].rstrip('/')}/{name}"
+    if resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
         # Finished trials keep their results; unfinished ones go on from their checkpoint.
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            path, trainable=trainable, resume_errored=True, storage_filesystem=fs
+        )
     else:
         if resume:
             print(f"tune: nothing to resume at {path}; starting the search")
@@ -325,7 +330,7 @@ def _tune_one(
             ),
             run_config=RunConfig(
                 name=name,
-                storage_path=storage,
+                **where,
                 callbacks=callbacks,
                 checkpoint_config=CheckpointConfig(num_to_keep=1),
                 verbose=1,
@@ -420,6 +425,7 @@ def run(
             resume=resume,
             callbacks=_mlflow_callbacks(spec, tracker, label),
             label=label,
+            endpoint=params["ray"].get("storage_endpoint"),
         )
         unfinished = _unfinished(grid, spec)
         if unfinished:

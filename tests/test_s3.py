@@ -182,3 +182,38 @@ def test_ray_train_checkpoints_go_to_s3(s3, tmp_path, small_dataset):
         o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="ray/s3run/")["Contents"]
     ]
     assert any(k.endswith("/last.pt") for k in keys) and any(k.endswith("/model.pt") for k in keys)
+
+
+def test_tune_search_stores_trials_in_s3(s3, tmp_path):
+    import yaml
+
+    endpoint, client, env = s3
+    repo = Path(__file__).resolve().parents[1]
+    for item in ("pipelines", "skrd4ad", "tune_spaces"):
+        shutil.copytree(repo / item, tmp_path / item, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["default_dataset"].update(
+        image_size=64, crop_size=128, n_train=8, n_test_good=2, n_test_defect=1
+    )
+    params["ray"]["storage_endpoint"] = endpoint
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    space = yaml.safe_load((repo / "tune_spaces" / "smoke.yaml").read_text())
+    space["params"] = {"alpha": {"grid": [0.0, 1.0]}}
+    space["epochs"] = 1
+    (tmp_path / "s3.yaml").write_text(yaml.safe_dump({**space, "name": "s3smoke"}))
+    run_env = {
+        **os.environ,
+        **env,
+        "PYTHONPATH": str(tmp_path),
+        "RAY_AUTH_MODE": "disabled",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    cmd = [sys.executable, "-m", "pipelines.tune", "--space", "s3.yaml"]
+    cmd += ["--storage-path", f"s3://{BUCKET}/tune"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=run_env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    listing = client.list_objects_v2(Bucket=BUCKET, Prefix="tune/s3smoke-brick/")
+    keys = [o["Key"] for o in listing.get("Contents", [])]
+    assert any("/checkpoint_" in k and k.endswith("brick/last.pt") for k in keys), keys
+    best = yaml.safe_load((tmp_path / "s3smoke-best.yaml").read_text())
+    assert set(best["best"]["brick"]["test"]) == {"image_auroc", "pixel_auroc", "aupro"}
