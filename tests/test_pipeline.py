@@ -95,6 +95,11 @@ def test_dvc_repro_writes_metrics_plots_and_report(project):
     assert "aupro" in shown
     plots = sh([sys.executable, "-m", "dvc", "plots", "show", "--json"], root, env).stdout
     assert "per_category.csv" in plots and "loss.csv" in plots
+    # Against the commit before the run, every metric is new: `dvc metrics diff` sees them.
+    diff = json.loads(
+        sh([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], root, env).stdout
+    )
+    assert diff["metrics.json"]["mean.aupro"]["new"] == pytest.approx(mean)
     status = sh([sys.executable, "-m", "dvc", "status"], root, env).stdout
     assert "up to date" in status, status
 
