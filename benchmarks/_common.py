@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -15,6 +16,15 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def model_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The flags every model benchmark takes: device, backbone, image size."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--backbone", default="wide_resnet50_2")
+    ap.add_argument("--size", type=int, default=256)
+    return ap
 
 
 def machine() -> dict:

@@ -23,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result  # noqa: E402
+from _common import model_parser, write_result  # noqa: E402
 
 from skrd4ad import build_model  # noqa: E402
 from skrd4ad.feature_cache import build_cache  # noqa: E402
@@ -119,10 +119,7 @@ def worker(task: str, cached: bool, batch: int, args: argparse.Namespace) -> dic
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--backbone", default="wide_resnet50_2")
-    ap.add_argument("--size", type=int, default=256)
+    ap = model_parser(__doc__)
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])

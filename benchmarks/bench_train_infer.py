@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result  # noqa: E402
+from _common import model_parser, write_result  # noqa: E402
 
 from skrd4ad import build_model  # noqa: E402
 from skrd4ad.anomaly_map import anomaly_map, image_score  # noqa: E402
@@ -143,10 +143,7 @@ def worker(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--backbone", default="wide_resnet50_2")
-    ap.add_argument("--size", type=int, default=256)
+    ap = model_parser(__doc__)
     ap.add_argument("--batch", type=int, default=16, help="training batch")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--bf16", action="store_true", help="also time the opt-in CPU bf16 path")
