@@ -61,6 +61,7 @@ def worker(task: str, cached: bool, batch: int, args: argparse.Namespace) -> dic
         loss_fn = SKRD4ADLoss()
         model.bottleneck.train()
         model.decoder.train()
+        student = torch.compile(model.student) if args.compile else model.student
         cache = None
         if cached:
             cache = build_cache(
@@ -72,12 +73,12 @@ def worker(task: str, cached: bool, batch: int, args: argparse.Namespace) -> dic
             if cache is not None:
                 t = cache.batch(idx)
                 with autocast(dev, args.precision):
-                    s = model.student(t)
+                    s = student(t)
             else:
                 x = to_input(images, dev, True)
                 with autocast(dev, args.precision):
                     t = model.teacher(x)
-                    s = model.student(t)
+                    s = student(t)
             loss, _ = loss_fn(t, s)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -123,6 +124,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--compile", action="store_true", help="torch.compile the student")
     ap.add_argument("--infer-batch", type=int, default=64, help="inference throughput batch")
     ap.add_argument(
         "--worker", nargs=3, metavar=("TASK", "CACHED", "BATCH"), help=argparse.SUPPRESS
@@ -133,12 +135,16 @@ def main() -> None:
         print(json.dumps(worker(task, cached == "1", int(batch), args)))
         return
     plan = [("train", c, b) for b in args.batches for c in (True, False)]
-    plan += [("infer", False, 1), ("infer", False, args.infer_batch)]
+    if args.compile:  # compiling is about the training step: the cached one, at each batch
+        plan = [p for p in plan if p[1]]
+    else:
+        plan += [("infer", False, 1), ("infer", False, args.infer_batch)]
     runs = {}
     for task, cached, batch in plan:
         cmd = [sys.executable, __file__, "--device", args.device, "--backbone", args.backbone]
         cmd += ["--size", str(args.size), "--precision", args.precision]
         cmd += ["--steps", str(5 * args.steps if task == "infer" and batch == 1 else args.steps)]
+        cmd += ["--compile"] if args.compile else []
         cmd += ["--worker", task, "1" if cached else "0", str(batch)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         key = f"{task}_{'cached' if cached else 'uncached'}_b{batch}".replace("_uncached", "")
@@ -153,7 +159,8 @@ def main() -> None:
         f"b{b}": runs[f"train_uncached_b{b}"]["median_step_s"]
         / runs[f"train_cached_b{b}"]["median_step_s"]
         for b in args.batches
-        if "error" not in runs[f"train_cached_b{b}"] and "error" not in runs[f"train_uncached_b{b}"]
+        if "error" not in runs[f"train_cached_b{b}"]
+        and "error" not in runs.get(f"train_uncached_b{b}", {"error": "not run"})
     }
     figures = {
         "device": args.device,
@@ -165,7 +172,8 @@ def main() -> None:
         "cache_speedup": speedup,
         "paper_inference": {"s_per_image": 0.37, "memory_mb": 401},
     }
-    write_result(f"step_{args.backbone}_{args.precision}", figures)
+    compiled = "_compiled" if args.compile else ""
+    write_result(f"step_{args.backbone}_{args.precision}{compiled}", figures)
 
 
 if __name__ == "__main__":

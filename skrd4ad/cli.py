@@ -193,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="training augmentation (hflip: random horizontal flips; disables the cache)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the bottleneck and decoder (compiles on the first step)",
+    )
     p.add_argument("--resume", action="store_true", help="resume from OUT/last.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -326,6 +331,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         progress=not args.no_progress,
         cache_features=args.cache_features,
         augment=args.augment,
+        compile=args.compile,
     )
     result = fit(cfg)
     return {

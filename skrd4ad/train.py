@@ -82,6 +82,9 @@ class TrainConfig:
     # auto/on = cached unless augmenting, off = recomputed every step.
     cache_features: str = "auto"
     augment: str = "none"  # none | hflip (random horizontal flips; turns the cache off)
+    # torch.compile of the student (bottleneck + decoder): off until measured to help on
+    # the device at hand (benchmarks/bench_step.py --compile); the first step compiles.
+    compile: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -181,6 +184,8 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
         student_net = torch.nn.parallel.DistributedDataParallel(
             student_net, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if cfg.compile:
+        student_net = torch.compile(student_net)
     params = [*model.bottleneck.parameters(), *model.decoder.parameters()]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
     loss_fn = SKRD4ADLoss(cfg.alpha, cfg.beta, cfg.gamma)
