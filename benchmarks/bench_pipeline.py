@@ -4,8 +4,10 @@ Uses params.yaml's settings (the quick-start benchmark on the embedded default d
 1. the CLI, sequentially: `skrd4ad train` + `skrd4ad evaluate` per category;
 2. `python -m pipelines.benchmark` with 1, 2 and 3 concurrent categories.
 Ray's fixed cost per category = Ray wall time for one category - CLI time for it.
-Run from the repository root after `python -m pipelines.prepare`:
-    python benchmarks/bench_pipeline.py [--epochs N]
+With --repeat N the CLI and Ray runs alternate N times and the figures are medians (a
+shared machine moves single runs by 10 % or more). Run from the repository root after
+`python -m pipelines.prepare`:
+    python benchmarks/bench_pipeline.py [--epochs N] [--repeat N]
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +39,7 @@ def run(cmd: list[str], env: dict | None = None) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, help="override params.yaml train.epochs")
+    parser.add_argument("--repeat", type=int, default=1, help="alternate runs; report medians")
     args = parser.parse_args()
     params = yaml.safe_load(Path("params.yaml").read_text())
     if args.epochs:
@@ -48,9 +52,26 @@ def main() -> None:
         "epochs": t["epochs"],
         "image_size": t["image_size"],
         "backbone": m["backbone"],
-        "cli_s": {},
-        "ray_s": {},
+        "repeat": args.repeat,
+        "cli_runs_s": {cat: [] for cat in cats},
+        "ray_runs_s": {k: [] for k in range(1, len(cats) + 1)},
     }
+    for _ in range(args.repeat):
+        one_round(params, dataset, figures)
+    figures["cli_s"] = {c: statistics.median(v) for c, v in figures["cli_runs_s"].items()}
+    figures["ray_s"] = {k: statistics.median(v) for k, v in figures["ray_runs_s"].items()}
+    cli_total = sum(figures["cli_s"].values())
+    n = len(cats)
+    figures["cli_sequential_total_s"] = cli_total
+    figures["ray_over_cli_ratio"] = figures["ray_s"][n] / cli_total
+    figures["ray_fixed_cost_per_category_s"] = figures["ray_s"][1] - figures["cli_s"][cats[0]]
+    write_result("pipeline_scaling" + (f"_e{args.epochs}" if args.epochs else ""), figures)
+
+
+def one_round(params: dict, dataset: dict, figures: dict) -> None:
+    """One CLI-sequential run, then the Ray stage with 1..n categories."""
+    cats = dataset["categories"]
+    m, t = params["model"], params["train"]
     with tempfile.TemporaryDirectory() as tmp:
         for cat in cats:
             out = Path(tmp) / cat
@@ -104,7 +125,7 @@ def main() -> None:
                 "2",
                 "--curves",
             ]
-            figures["cli_s"][cat] = run(train) + run(evaluate)
+            figures["cli_runs_s"][cat].append(run(train) + run(evaluate))
         for k in range(1, len(cats) + 1):
             p = Path(tmp) / f"params{k}.yaml"
             prepared = Path(tmp) / f"prepared{k}"
@@ -122,13 +143,7 @@ def main() -> None:
                 )
             )
             env = {**os.environ, "SKRD4AD_PARAMS": str(p), "SKRD4AD_PREPARED": str(prepared)}
-            figures["ray_s"][k] = run([PY, "-m", "pipelines.benchmark"], env)
-    cli_total = sum(figures["cli_s"].values())
-    n = len(cats)
-    figures["cli_sequential_total_s"] = cli_total
-    figures["ray_over_cli_ratio"] = figures["ray_s"][n] / cli_total
-    figures["ray_fixed_cost_per_category_s"] = figures["ray_s"][1] - figures["cli_s"][cats[0]]
-    write_result("pipeline_scaling" + (f"_e{args.epochs}" if args.epochs else ""), figures)
+            figures["ray_runs_s"][k].append(run([PY, "-m", "pipelines.benchmark"], env))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """DVC stage 'benchmark': one SK-RD4AD model per category, fitted by Ray Train workers
 spread over the cluster, every result tracked in MLflow.
 
-All categories are launched at once (one Ray task driving one TorchTrainer each), so Ray
-packs them onto the cluster's resources; DVC itself would run per-category stages one
-after another. A category that fails (a data error, say) is reported with its error, the
+All categories are launched at once (one TorchTrainer each, driven from a thread of this
+driver), so Ray packs them onto the cluster's resources; DVC itself would run per-category
+stages one after another. A category that fails (a data error, say) is reported with its error, the
 others finish, and the stage exits non-zero naming the failed categories.
 """
 
@@ -14,7 +14,9 @@ import io
 import json
 import math
 import os
+import queue
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -74,6 +76,45 @@ def _fault_injection() -> dict[str, Any] | None:
     return {"after_epoch": int(after), "marker": os.environ["SKRD4AD_FAULT_MARKER"]}
 
 
+def _train_env(local: bool) -> None:
+    """Ray Train settings for this driver; the driver's Ray Train variables reach the
+    controllers and workers (Ray propagates them), and a user's setting always wins.
+
+    Each saves measured fixed cost per category (benchmarks/bench_pipeline.py):
+    - the controller polls its workers every 2 s by default, and a category's run waits up
+      to that long at each state change: 0.5 s saved about 4 s per category here;
+    - on a local cluster (no ``ray.address``) nothing can be preempted and nothing scrapes
+      Ray Train's Prometheus metrics, so the preemption watcher (one more actor process
+      per category) and the metrics callbacks are off there.
+    """
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    if local:
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+
+
+def _launch(fits: dict[str, dict[str, Any]]) -> queue.Queue:
+    """Run every category's ``fit_category`` at once, each in a daemon thread of this
+    driver; outcomes arrive on the returned queue as categories finish.
+
+    Threads, not Ray tasks: a TorchTrainer's ``fit`` only waits on its controller actor,
+    and a task per category cost one more worker process importing Ray Train and torch
+    (about 3 s of CPU each, measured). Daemon threads let Ctrl-C end the driver (and with
+    it the job's actors) instead of waiting for the fits.
+    """
+    done: queue.Queue = queue.Queue()
+
+    def one(cat: str, kwargs: dict[str, Any]) -> None:
+        try:
+            done.put(fit_category(cat, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - reported per category, never raised
+            done.put({"category": cat, "error": f"{type(exc).__name__}: {exc}"[:500]})
+
+    for cat, kwargs in fits.items():
+        threading.Thread(target=one, args=(cat, kwargs), name=f"fit-{cat}", daemon=True).start()
+    return done
+
+
 def run(params: dict[str, Any]) -> dict[str, Any]:
     import ray
 
@@ -81,23 +122,12 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     dataset = json.loads((prepared / "dataset.json").read_text())
     ray_params, res = params["ray"], params["resources"]
     address = ray_params.get("address") or None
+    _train_env(local=address is None)
     if not ray.is_initialized():
-        # Ray Train's controller polls its workers every 2 s by default, and a category's
-        # run waits up to that long at each state change; 0.5 s saved about 4 s of fixed
-        # cost per category here (benchmarks/bench_pipeline.py). A user's setting wins.
-        env = {
-            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get(
-                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
-            )
-        }
         if address:
-            ray.init(address=address, runtime_env={"env_vars": env})
+            ray.init(address=address)
         else:
-            ray.init(
-                include_dashboard=False,
-                num_cpus=ray_params.get("num_cpus"),
-                runtime_env={"env_vars": env},
-            )
+            ray.init(include_dashboard=False, num_cpus=ray_params.get("num_cpus"))
     gpus = _gpus_per_worker(res.get("gpus_per_worker", "auto"), ray.cluster_resources())
     num_workers = int(res.get("num_workers", 1))
     cpus = _cpus_per_worker(
@@ -111,32 +141,32 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     bench_name = f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = (RESULTS / "benchmark").resolve()
 
-    fit_remote = ray.remote(num_cpus=0)(fit_category)
     configs = {
         cat: train_config(params, str(Path(dataset["root"]).resolve()), cat, dataset["layout"])
         for cat in dataset["categories"]
     }
     t0 = time.perf_counter()
-    futures = [
-        fit_remote.remote(
-            cat,
-            cfg,
-            num_workers=num_workers,
-            cpus_per_worker=cpus,
-            gpus_per_worker=gpus,
-            storage_path=storage,
-            run_name=f"{bench_name}-{cat}",
-            max_failures=int(res.get("max_failures", 2)),
-            overlays=int(params.get("report", {}).get("overlays", 2)),
-            dest=out_dir / cat,
-            fault=_fault_injection(),
-            storage_endpoint=ray_params.get("storage_endpoint"),
-        )
-        for cat, cfg in configs.items()
-    ]
-    outcomes = ray.get(futures)
-    wall = time.perf_counter() - t0
+    done = _launch(
+        {
+            cat: dict(
+                train_config=cfg,
+                num_workers=num_workers,
+                cpus_per_worker=cpus,
+                gpus_per_worker=gpus,
+                storage_path=storage,
+                run_name=f"{bench_name}-{cat}",
+                max_failures=int(res.get("max_failures", 2)),
+                overlays=int(params.get("report", {}).get("overlays", 2)),
+                dest=out_dir / cat,
+                fault=_fault_injection(),
+                storage_endpoint=ray_params.get("storage_endpoint"),
+            )
+            for cat, cfg in configs.items()
+        }
+    )
 
+    # The parent run opens while the categories train, and each category is logged as
+    # soon as it finishes, so MLflow's work overlaps the training of the others.
     tags = {
         "dataset": dataset["name"],
         "git_commit": git_commit(),
@@ -148,18 +178,38 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         params["mlflow"].get("artifact_location"),
     )
     tracker.start(bench_name, params, tags)
+    outcomes: dict[str, dict[str, Any]] = {}
+    for _ in configs:
+        outcome = done.get()
+        cat = outcome["category"]
+        outcomes[cat] = outcome
+        if "error" in outcome:
+            print(f"benchmark: {cat} failed: {outcome['error']}", file=sys.stderr)
+            continue
+        folder = Path(outcome["dir"])
+        outcome["evaluation"] = json.loads((folder / "eval" / "metrics.json").read_text())
+        outcome["history"] = json.loads((folder / "train_history.json").read_text())
+        final = {
+            k: (math.nan if outcome["evaluation"][k] is None else outcome["evaluation"][k])
+            for k in FINAL_KEYS
+        }
+        final.update(
+            train_s=outcome["metrics"].get("train_s") or 0.0,
+            images_per_s=outcome["metrics"].get("images_per_s") or 0.0,
+        )
+        tracker.log_category(cat, configs[cat], outcome["history"], final, tags, folder)
+    wall = time.perf_counter() - t0
+
     per_category: dict[str, Any] = {}
     failed: dict[str, str] = {}
     loss_rows, bar_rows = [], []
-    for outcome in outcomes:
-        cat = outcome["category"]
+    for cat in configs:  # params order, not finishing order
+        outcome = outcomes[cat]
         if "error" in outcome:
             failed[cat] = outcome["error"]
             per_category[cat] = {"error": outcome["error"]}
             continue
-        folder = Path(outcome["dir"])
-        evaluation = json.loads((folder / "eval" / "metrics.json").read_text())
-        history = json.loads((folder / "train_history.json").read_text())
+        evaluation, history = outcome["evaluation"], outcome["history"]
         entry = {k: evaluation[k] for k in FINAL_KEYS}
         if evaluation.get("absent"):
             entry["absent"] = evaluation["absent"]
@@ -170,9 +220,6 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         per_category[cat] = entry
         bar_rows.append({"category": cat, **{k: evaluation[k] for k in FINAL_KEYS}})
         loss_rows += [{"category": cat, "epoch": h["epoch"], "loss": h["loss"]} for h in history]
-        final = {k: (math.nan if entry[k] is None else entry[k]) for k in FINAL_KEYS}
-        final.update(train_s=entry["train_s"] or 0.0, images_per_s=entry["images_per_s"] or 0.0)
-        tracker.log_category(cat, configs[cat], history, final, tags, folder)
 
     ok = [c for c in per_category if c not in failed]
     metrics = {
@@ -192,6 +239,8 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> int:
     warnings.simplefilter("default")
+    # Ray Train copies Ray Data's context into every trainer, which reads deprecated fields.
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.data")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
         metrics = run(load_params())
