@@ -24,6 +24,7 @@ from typing import Any
 
 from skrd4ad.atomic import atomic_write_text
 from skrd4ad.errors import UserError
+from skrd4ad.fast_exit import skip_exit_gc
 
 from .params import load_params, train_config
 from .ray_train import FINAL_KEYS, fit_category
@@ -238,6 +239,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
+    skip_exit_gc()
     warnings.simplefilter("default")
     # Ray Train copies Ray Data's context into every trainer, which reads deprecated fields.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.data")

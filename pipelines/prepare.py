@@ -18,6 +18,7 @@ import yaml
 from skrd4ad.atomic import atomic_write_text
 from skrd4ad.data import list_categories, make_default_dataset, prepare_visa
 from skrd4ad.errors import UserError
+from skrd4ad.fast_exit import skip_exit_gc
 
 from .params import load_params
 
@@ -74,6 +75,7 @@ def prepare(params: dict, out: Path = OUT) -> dict:
 
 
 def main() -> int:
+    skip_exit_gc()
     try:
         info = prepare(load_params())
     except UserError as exc:

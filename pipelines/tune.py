@@ -40,6 +40,7 @@ import yaml
 
 from skrd4ad.atomic import atomic_write_text
 from skrd4ad.errors import UserError
+from skrd4ad.fast_exit import skip_exit_gc
 
 from .params import PARAMS, load_params, train_config
 from .ray_train import scalar_metrics, storage_args
@@ -546,6 +547,7 @@ def write_params(summary: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    skip_exit_gc()
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.tune", description=__doc__.split("\n\n")[0]
     )

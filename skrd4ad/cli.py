@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .fast_exit import skip_exit_gc
 
 EXIT_USER_ERROR = 2
 
@@ -475,6 +476,7 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:  #
 
 
 def main(argv: list[str] | None = None) -> int:
+    skip_exit_gc()
     warnings.formatwarning = _one_line_warning
     try:
         return run(argv)
