@@ -24,4 +24,4 @@ def test_freeze_runs_after_later_exit_handlers(tmp_path: Path) -> None:
     # Registered after skip_exit_gc: runs first, sees nothing frozen yet.
     assert int((tmp_path / "after.txt").read_text()) == 0
     # Registered before it: runs last, after the freeze.
-    assert int((tmp_path / "before.txt").read_text()) > 10_000
+    assert int((tmp_path / "before.txt").read_text()) > 0
