@@ -27,6 +27,21 @@ def model_parser(doc: str | None) -> argparse.ArgumentParser:
     return ap
 
 
+def training_setup(model: torch.nn.Module, dev: torch.device) -> tuple:
+    """The production training set-up (skrd4ad.train.fit's defaults): channels_last model on
+    ``dev``, Adam over bottleneck and decoder, the SK-RD4AD loss, student in train mode.
+    Returns (model, optimizer, loss_fn)."""
+    from skrd4ad.inference import prepare_model
+    from skrd4ad.losses import SKRD4ADLoss
+
+    model = prepare_model(model, dev, True)
+    params = [*model.bottleneck.parameters(), *model.decoder.parameters()]
+    opt = torch.optim.Adam(params, lr=0.005, betas=(0.5, 0.999))
+    model.bottleneck.train()
+    model.decoder.train()
+    return model, opt, SKRD4ADLoss()
+
+
 def machine() -> dict:
     info = {
         "cpu": platform.processor() or platform.machine(),

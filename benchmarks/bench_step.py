@@ -23,12 +23,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import model_parser, write_result  # noqa: E402
+from _common import model_parser, training_setup, write_result  # noqa: E402
 
 from skrd4ad import build_model  # noqa: E402
 from skrd4ad.feature_cache import build_cache  # noqa: E402
 from skrd4ad.inference import autocast, predict_maps, prepare_model, to_input  # noqa: E402
-from skrd4ad.losses import SKRD4ADLoss  # noqa: E402
 
 # Dense bf16 tensor-core peak, TFLOP/s (vendor data sheets), for the fraction of peak.
 BF16_PEAK = {"H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.4}
@@ -55,12 +54,7 @@ def worker(task: str, cached: bool, batch: int, args: argparse.Namespace) -> dic
         def step() -> None:
             predict_maps(model, images, device=dev, batch_size=batch, precision=args.precision)
     else:
-        model = prepare_model(model, dev, True)
-        params = [*model.bottleneck.parameters(), *model.decoder.parameters()]
-        opt = torch.optim.Adam(params, lr=0.005, betas=(0.5, 0.999))
-        loss_fn = SKRD4ADLoss()
-        model.bottleneck.train()
-        model.decoder.train()
+        model, opt, loss_fn = training_setup(model, dev)
         student = torch.compile(model.student) if args.compile else model.student
         cache = None
         if cached:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import model_parser, write_result  # noqa: E402
+from _common import model_parser, training_setup, write_result  # noqa: E402
 
 from skrd4ad import build_model  # noqa: E402
 from skrd4ad.anomaly_map import anomaly_map, image_score  # noqa: E402
@@ -74,12 +74,7 @@ def worker(
             )
     elif ours:
         # The production training step (skrd4ad.train.fit): channels_last, bf16 on CUDA.
-        model = prepare_model(model, dev, True)
-        params = [*model.bottleneck.parameters(), *model.decoder.parameters()]
-        opt = torch.optim.Adam(params, lr=0.005, betas=(0.5, 0.999))
-        loss_fn = SKRD4ADLoss()
-        model.bottleneck.train()
-        model.decoder.train()
+        model, opt, loss_fn = training_setup(model, dev)
 
         def step() -> None:
             x = to_input(images, dev, True)
