@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -81,3 +82,34 @@ def test_compiled_student_trains_like_eager(small_dataset, tmp_path):
     # The checkpoint holds plain module weights, loadable without torch.compile.
     state = torch.load(tmp_path / "compiled" / "model.pt", weights_only=False)
     assert not any("_orig_mod" in k for k in state["decoder"])
+
+
+def test_channels_last_computes_what_contiguous_computes(small_dataset, tmp_path):
+    from skrd4ad.losses import SKRD4ADLoss
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", "none", "sk").train()
+    x = torch.randn(4, 3, 64, 64)
+    loss = SKRD4ADLoss(alpha=0.0, beta=1.0, gamma=0.05)
+    out = {}
+    for name, layout in (("nchw", torch.contiguous_format), ("nhwc", torch.channels_last)):
+        m = copy.deepcopy(model).to(memory_format=layout)
+        total, terms = loss(*m(x.contiguous(memory_format=layout)))
+        total.backward()
+        grads = [p.grad for p in m.decoder.parameters()]
+        out[name] = (total.detach(), {k: float(v.detach()) for k, v in terms.items()}, grads)
+    # Same weights, same batch: one step computes the same loss terms and gradients to
+    # float32 rounding (other kernels sum in another order).
+    torch.testing.assert_close(out["nhwc"][0], out["nchw"][0], rtol=1e-5, atol=1e-6)
+    for key, value in out["nchw"][1].items():
+        assert out["nhwc"][1][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    for a, b in zip(out["nhwc"][2], out["nchw"][2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    # Over epochs Adam divides by the root of tiny second moments, which magnifies those
+    # rounding differences (as for torch.compile): the training losses agree to 2e-3.
+    runs = {}
+    for name, layout in (("nhwc", True), ("nchw", False)):
+        fit(tiny_config(small_dataset, tmp_path / name, epochs=2, channels_last=layout))
+        runs[name] = _history(tmp_path / name)
+    for a, b in zip(runs["nhwc"], runs["nchw"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=2e-3), a["epoch"]
