@@ -7,7 +7,7 @@ Ray's fixed cost per category = Ray wall time for one category - CLI time for it
 With --repeat N the CLI and Ray runs alternate N times and the figures are medians (a
 shared machine moves single runs by 10 % or more). Run from the repository root after
 `python -m pipelines.prepare`:
-    python benchmarks/bench_pipeline.py [--epochs N] [--repeat N]
+    python benchmarks/bench_pipeline.py [--epochs N] [--repeat N] [--counts K ...]
 """
 
 from __future__ import annotations
@@ -40,12 +40,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, help="override params.yaml train.epochs")
     parser.add_argument("--repeat", type=int, default=1, help="alternate runs; report medians")
+    parser.add_argument(
+        "--counts",
+        type=int,
+        nargs="+",
+        help="numbers of concurrent categories to run through Ray (default 1..all); the "
+        "ratio needs all, the fixed cost needs 1",
+    )
     args = parser.parse_args()
     params = yaml.safe_load(Path("params.yaml").read_text())
     if args.epochs:
         params["train"]["epochs"] = args.epochs
     dataset = json.loads(Path("prepared/dataset.json").read_text())
     cats = dataset["categories"]
+    counts = sorted(set(args.counts or range(1, len(cats) + 1)))
+    if not all(1 <= k <= len(cats) for k in counts):
+        parser.error(f"--counts must lie in 1..{len(cats)} (the prepared categories)")
     m, t = params["model"], params["train"]
     figures: dict = {
         "categories": cats,
@@ -54,7 +64,7 @@ def main() -> None:
         "backbone": m["backbone"],
         "repeat": args.repeat,
         "cli_runs_s": {cat: [] for cat in cats},
-        "ray_runs_s": {k: [] for k in range(1, len(cats) + 1)},
+        "ray_runs_s": {k: [] for k in counts},
     }
     for _ in range(args.repeat):
         one_round(params, dataset, figures)
@@ -63,8 +73,10 @@ def main() -> None:
     cli_total = sum(figures["cli_s"].values())
     n = len(cats)
     figures["cli_sequential_total_s"] = cli_total
-    figures["ray_over_cli_ratio"] = figures["ray_s"][n] / cli_total
-    figures["ray_fixed_cost_per_category_s"] = figures["ray_s"][1] - figures["cli_s"][cats[0]]
+    if n in counts:
+        figures["ray_over_cli_ratio"] = figures["ray_s"][n] / cli_total
+    if 1 in counts:
+        figures["ray_fixed_cost_per_category_s"] = figures["ray_s"][1] - figures["cli_s"][cats[0]]
     write_result("pipeline_scaling" + (f"_e{args.epochs}" if args.epochs else ""), figures)
 
 
@@ -126,7 +138,7 @@ def one_round(params: dict, dataset: dict, figures: dict) -> None:
                 "--curves",
             ]
             figures["cli_runs_s"][cat].append(run(train) + run(evaluate))
-        for k in range(1, len(cats) + 1):
+        for k in figures["ray_runs_s"]:
             p = Path(tmp) / f"params{k}.yaml"
             prepared = Path(tmp) / f"prepared{k}"
             prepared.mkdir()
