@@ -56,6 +56,19 @@ def _cpus_per_worker(value: Any, cluster: dict[str, float], workers: int, gpus: 
     return max(0.5, min(share, 8.0))
 
 
+def _threads_per_worker(value: Any, cpus: float, gpus: float) -> int | None:
+    """torch intra-op threads per worker. ``auto``: on CPU workers, twice the worker's CPU
+    share rounded up, so that a category still running takes over the cores of those that
+    finished (3 categories on 2 cores: 2 threads each); with OpenMP waiting passively the
+    extra threads cost nothing while all categories run (measured, BENCHMARKS.md). With
+    GPUs, Ray's default (its CPU share)."""
+    if value not in (None, "auto"):
+        return int(value)
+    if gpus > 0:
+        return None
+    return max(1, math.ceil(2 * cpus - 1e-9))
+
+
 def _mean(values: list[float | None]) -> float | None:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     return sum(vals) / len(vals) if vals else None
@@ -87,10 +100,16 @@ def _train_env(local: bool) -> None:
       to that long at each state change: 0.5 s saved about 4 s per category here;
     - on a local cluster (no ``ray.address``) nothing can be preempted and nothing scrapes
       Ray Train's Prometheus metrics, so the preemption watcher (one more actor process
-      per category) and the metrics callbacks are off there.
+      per category) and the metrics callbacks are off there;
+    - on a local cluster OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE) instead of
+      spinning, so that workers may run more torch threads than their CPU share
+      (``_threads_per_worker``).
     """
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     if local:
+        # Inherited by every Ray process this driver starts; read by OpenMP when torch
+        # loads, so it must be in the environment before any worker starts.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
 
@@ -144,16 +163,21 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     _train_env(local=address is None)
     preload = threading.Thread(target=_preload, name="preload", daemon=True)
     preload.start()
+    local_cluster = False
     if not ray.is_initialized():
         if address:
             ray.init(address=address)
         else:
-            # The dashboard stays on (Ray's default, bound to 127.0.0.1): Ray Train V2's
-            # PlacementGroupCleaner asks the State API, which the dashboard serves, whether
-            # each run's controller is alive. Without it the cleaner warns once a second per
-            # category (136 lines in the 3-category quick start) and could not free a dead
-            # controller's placement group. Measured cost: about 2 CPU-s per run.
-            ray.init(dashboard_host="127.0.0.1", num_cpus=ray_params.get("num_cpus"))
+            # A local instance that ends with this driver. Its dashboard is off unless
+            # asked for (ray.dashboard): nothing in the stage needs it once Ray Train's
+            # placement-group cleaner, which asks its State API, is left out (see
+            # ray_train.trainer_class), and its processes cost CPU the categories need.
+            local_cluster = True
+            ray.init(
+                include_dashboard=bool(ray_params.get("dashboard", False)),
+                dashboard_host="127.0.0.1",
+                num_cpus=ray_params.get("num_cpus"),
+            )
     gpus = _gpus_per_worker(res.get("gpus_per_worker", "auto"), ray.cluster_resources())
     num_workers = int(res.get("num_workers", 1))
     cpus = _cpus_per_worker(
@@ -162,6 +186,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         num_workers * len(dataset["categories"]),
         gpus,
     )
+    threads = _threads_per_worker(res.get("threads_per_worker", "auto"), cpus, gpus)
     storage = ray_params.get("storage_path", "results/ray")
     storage = storage if "://" in storage else str(Path(storage).resolve())
     bench_name = f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -187,6 +212,8 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
                 dest=out_dir / cat,
                 fault=_fault_injection(),
                 storage_endpoint=ray_params.get("storage_endpoint"),
+                local_cluster=local_cluster,
+                threads=threads,
             )
             for cat, cfg in configs.items()
         }
@@ -206,10 +233,16 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     )
     tracker.start(bench_name, params, tags)
     outcomes: dict[str, dict[str, Any]] = {}
+    stopping = None
     for _ in configs:
         outcome = done.get()
         cat = outcome["category"]
         outcomes[cat] = outcome
+        if local_cluster and len(outcomes) == len(configs):
+            # Ray's shutdown mostly waits for its processes to exit (1-3 s): let it run
+            # while MLflow logs the last category, instead of at interpreter exit.
+            stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+            stopping.start()
         if "error" in outcome:
             print(f"benchmark: {cat} failed: {outcome['error']}", file=sys.stderr)
             continue
@@ -244,6 +277,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         entry["images_per_s"] = outcome["metrics"].get("images_per_s")
         entry["test_images"] = evaluation["counts"]["test"]
         entry["resumed_from_epoch"] = outcome["metrics"].get("resumed_from_epoch")
+        entry["torch_threads"] = outcome["metrics"].get("torch_threads")
         per_category[cat] = entry
         bar_rows.append({"category": cat, **{k: evaluation[k] for k in FINAL_KEYS}})
         loss_rows += [{"category": cat, "epoch": h["epoch"], "loss": h["loss"]} for h in history]
@@ -261,6 +295,8 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     atomic_write_text(plots / "per_category.csv", _csv(bar_rows, ["category", *FINAL_KEYS]))
     atomic_write_text(plots / "loss.csv", _csv(loss_rows, ["category", "epoch", "loss"]))
     tracker.finish(metrics, METRICS)
+    if stopping is not None:
+        stopping.join()
     return metrics
 
 

@@ -9,6 +9,7 @@ evaluation folder and the training history.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -35,6 +36,7 @@ def train_func(config: dict[str, Any]) -> None:
     from skrd4ad.evaluate import evaluate
     from skrd4ad.train import TrainConfig, fit
 
+    threads = _set_torch_threads(config.get("threads"))
     work = Path(tempfile.mkdtemp(prefix=f"skrd4ad-{config['train']['category']}-"))
     cfg = TrainConfig.from_dict({**config["train"], "out": str(work), "progress": False})
     checkpoint = ray.train.get_checkpoint()
@@ -46,6 +48,7 @@ def train_func(config: dict[str, Any]) -> None:
                 cfg.resume = True
                 start_epoch = int(read_checkpoint(work / "last.pt")["epoch"])
     fault = config.get("fault") or {}
+    upload = _link_upload if _local_storage(ray.train.get_context().get_storage()) else None
 
     def report(metrics: dict[str, Any]) -> None:
         scalars = scalar_metrics(metrics)
@@ -54,7 +57,11 @@ def train_func(config: dict[str, Any]) -> None:
             return
         with tempfile.TemporaryDirectory(dir=work) as d:
             _link(Path(metrics["checkpoint"]), Path(d) / "last.pt")
-            ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(d))
+            ray.train.report(
+                scalars,
+                checkpoint=ray.train.Checkpoint.from_directory(d),
+                checkpoint_upload_fn=upload,
+            )
         _maybe_crash(fault, int(metrics["epoch"]))
 
     result = fit(cfg, callbacks=[report])
@@ -82,7 +89,12 @@ def train_func(config: dict[str, Any]) -> None:
         metrics["images_per_s"] = result.history[-1]["images_per_s"]
         metrics["final"] = 1.0
         metrics["resumed_from_epoch"] = float(start_epoch)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        metrics["torch_threads"] = float(threads)
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(d),
+            checkpoint_upload_fn=upload,
+        )
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -91,8 +103,54 @@ def _link(src: Path, dst: Path) -> None:
     The source is replaced by rename, never rewritten in place, so the link stays valid."""
     try:
         os.link(src, dst)
-    except OSError:
+    except FileExistsError:
+        if os.path.samefile(src, dst):  # a retried upload: already linked
+            return
+        os.unlink(dst)  # copying onto it would rewrite whatever else links to it
+        _link(src, dst)
+    except OSError:  # another filesystem, or one without hard links
         shutil.copy2(src, dst)
+
+
+def _set_torch_threads(wanted: int | None) -> int:
+    """Set torch's intra-op threads in this worker to ``wanted`` (at most the CPUs this
+    process may run on), but only where OpenMP waits passively (OMP_WAIT_POLICY=PASSIVE,
+    which the benchmark stage sets on a local Ray): with OpenMP's default spin-waiting,
+    more threads than free cores cost 3x per epoch (measured, BENCHMARKS.md)."""
+    import torch
+
+    if wanted and os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        torch.set_num_threads(max(1, min(int(wanted), len(os.sched_getaffinity(0)))))
+    return torch.get_num_threads()
+
+
+def _local_storage(where: Any) -> bool:
+    """Whether a Ray Train StorageContext or Checkpoint lives on a filesystem this node
+    sees as files (local disk or a shared mount), not on an object store."""
+    import pyarrow.fs
+
+    fs = getattr(where, "storage_filesystem", None) or where.filesystem
+    return isinstance(fs, pyarrow.fs.LocalFileSystem)
+
+
+def _link_upload(checkpoint: Any, dir_name: str) -> Any:
+    """``checkpoint_upload_fn`` for local or shared-mount storage: hard-link the files into
+    the run's checkpoint folder instead of Ray's default byte copy (pyarrow copy_files).
+
+    Why: a last.pt is ~200 MB (teacher, student and optimizer state), reported every
+    ``checkpoint_every`` epochs per category; copying it blocked the training loop and
+    doubled the disk writes of a run. The files are never rewritten in place (replaced by
+    rename), so a link is as safe as a copy. Where the experiment folder is not on this
+    node, Ray's own upload runs and raises its error about unreachable storage.
+    """
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    if not Path(storage.experiment_fs_path).is_dir():
+        return storage.persist_current_checkpoint(checkpoint, dir_name)
+    dest = Path(storage.experiment_fs_path) / dir_name
+    shutil.copytree(checkpoint.path, dest, copy_function=_link, dirs_exist_ok=True)
+    return ray.train.Checkpoint(str(dest), filesystem=storage.storage_filesystem)
 
 
 def _maybe_crash(fault: dict[str, Any], epoch: int) -> None:
@@ -122,17 +180,25 @@ def fit_category(
     dest: Path,
     fault: dict[str, Any] | None = None,
     storage_endpoint: str | None = None,
+    local_cluster: bool = False,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Run one category's TorchTrainer; copy its final checkpoint to ``dest``."""
+    """Run one category's TorchTrainer; copy its final checkpoint to ``dest``.
+    ``local_cluster``: Ray was started by this process and ends with it. ``threads``:
+    torch intra-op threads per worker (None: Ray's default)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     resources = {"CPU": cpus_per_worker}
     if gpus_per_worker:
         resources["GPU"] = gpus_per_worker
-    trainer = TorchTrainer(
+    trainer = trainer_class(local_cluster)(
         train_func,
-        train_loop_config={"train": train_config, "overlays": overlays, "fault": fault},
+        train_loop_config={
+            "train": train_config,
+            "overlays": overlays,
+            "fault": fault,
+            "threads": threads,
+        },
         scaling_config=ScalingConfig(
             num_workers=num_workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
         ),
@@ -152,8 +218,43 @@ def fit_category(
         return {"category": category, "error": "training finished without a final checkpoint"}
     if dest.exists():
         shutil.rmtree(dest)
-    result.checkpoint.to_directory(str(dest))
+    if _local_storage(result.checkpoint):
+        shutil.copytree(result.checkpoint.path, dest, copy_function=_link)
+    else:
+        result.checkpoint.to_directory(str(dest))
     return {"category": category, "metrics": dict(result.metrics or {}), "dir": str(dest)}
+
+
+# Ray Train V2 callbacks that start an actor process per TorchTrainer.fit which this
+# pipeline never uses: DatasetsCallback's DatasetManager serves Ray Datasets (skrd4ad reads
+# its images itself), and PlacementGroupCleanerCallback's cleaner frees a crashed
+# controller's placement group on a cluster that outlives it (a local Ray instance ends
+# with this driver). Measured on the 2-core quick start: the two cost 4-5 CPU-s per
+# category to start plus a steady 0.02 cores, and the cleaner needs the dashboard (another
+# ~6 CPU-s). Upstream, ray-project/ray#65447 shares one cleaner across runs.
+_UNUSED_CALLBACKS = {"DatasetsCallback"}
+_UNUSED_LOCAL_CALLBACKS = {"PlacementGroupCleanerCallback"}
+
+
+@functools.cache
+def trainer_class(local_cluster: bool) -> type:
+    """TorchTrainer without the callbacks above (without the cleaner only on a local
+    cluster, and only when no Ray Datasets are passed). Ray has no public switch for its
+    default callbacks, so this overrides the private
+    ``DataParallelTrainer._create_default_callbacks``; if Ray renames the method or the
+    callbacks, nothing is dropped and the trainer is Ray's own (tested)."""
+    from ray.train.torch import TorchTrainer
+
+    drop = _UNUSED_CALLBACKS | (_UNUSED_LOCAL_CALLBACKS if local_cluster else set())
+
+    class SKRD4ADTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self) -> list:
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [cb for cb in callbacks if type(cb).__name__ not in drop]
+
+    return SKRD4ADTorchTrainer
 
 
 def storage_args(path: str, endpoint: str | None) -> dict[str, Any]:

@@ -88,6 +88,8 @@ def test_dvc_repro_writes_metrics_plots_and_report(project):
         assert all(0 <= m[k] <= 1 for k in ("image_auroc", "pixel_auroc", "aupro"))
         assert (root / "results" / "benchmark" / cat / "model.pt").is_file()
         assert (root / "results" / "benchmark" / cat / "eval" / "metrics.json").is_file()
+        # 2 CPUs over 2 categories: a share of 1 CPU, so threads_per_worker auto = 2
+        assert m["torch_threads"] == min(2, len(os.sched_getaffinity(0)))
     mean = metrics["mean"]["aupro"]
     assert mean == pytest.approx(
         sum(metrics["categories"][c]["aupro"] for c in ("brick", "gravel")) / 2
@@ -108,7 +110,8 @@ def test_dvc_repro_writes_metrics_plots_and_report(project):
     status = sh([sys.executable, "-m", "dvc", "status"], root, env).stdout
     assert "up to date" in status, status
     # Ray Train's placement-group cleaner asks the dashboard's State API about each
-    # controller; with the dashboard off it warned once a second per category.
+    # controller and warned once a second per category without it; on this local Ray the
+    # cleaner is left out, and so is the dashboard.
     log = repro_log(root).read_text()
     assert "Failed to query Ray Train Controller" not in log
     assert "categories failed" not in log
@@ -257,6 +260,12 @@ def test_two_worker_ddp_matches_single_worker_in_expectation(small_dataset, tmp_
             )
     finally:
         ray.shutdown()
+    # On local storage Ray's checkpoints and the copy in ``dest`` are hard links of the
+    # files the worker wrote, not byte copies: the last epoch's checkpoint and the final
+    # one (the 2 kept) hold the same last.pt, and dest's last.pt is that file too.
+    stored = sorted((tmp_path / "ray" / "ddp1").glob("checkpoint_*/last.pt"))
+    assert len(stored) == 2 and stored[0].samefile(stored[1])
+    assert (tmp_path / "w1" / "last.pt").samefile(stored[1])
     histories = {}
     for workers, outcome in runs.items():
         assert "error" not in outcome, outcome
@@ -279,3 +288,49 @@ def test_auto_cpus_share_the_cluster_so_no_category_waits():
     assert _cpus_per_worker("auto", {"CPU": 2.0}, 15, 0.0) == 0.5  # at most 2 per core
     assert _cpus_per_worker("auto", {"CPU": 16.0, "GPU": 1.0}, 15, 0.25) == 1.0
     assert _cpus_per_worker(3, {"CPU": 2.0}, 3, 0.0) == 3.0
+
+
+def test_threads_per_worker_auto_doubles_the_cpu_share():
+    from pipelines.benchmark import _threads_per_worker
+
+    assert _threads_per_worker("auto", 2 / 3 - 1e-5, 0.0) == 2  # 3 categories, 2 cores
+    assert _threads_per_worker("auto", 1.0, 0.0) == 2
+    assert _threads_per_worker("auto", 8.0, 0.0) == 16
+    assert _threads_per_worker("auto", 1.0, 0.5) is None  # GPU workers: Ray's default
+    assert _threads_per_worker(3, 1.0, 0.0) == 3
+
+
+def test_worker_threads_follow_the_setting_only_with_passive_openmp(monkeypatch):
+    import torch
+
+    from pipelines.ray_train import _set_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        assert _set_torch_threads(2) == 1  # spinning OpenMP: oversubscription costs 3x
+        monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+        assert _set_torch_threads(2) == min(2, len(os.sched_getaffinity(0)))
+        assert _set_torch_threads(10_000) == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_trainer_leaves_out_only_the_unused_ray_train_actors():
+    """If Ray renames these callbacks, this fails: the trainer would still work, but
+    would start the unused actors again."""
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.ray_train import train_func, trainer_class
+
+    def names(cls, **kwargs):
+        t = cls(train_func, scaling_config=ScalingConfig(num_workers=1), **kwargs)
+        return [type(cb).__name__ for cb in t._create_default_callbacks()]
+
+    ray_own = names(TorchTrainer)
+    assert {"DatasetsCallback", "PlacementGroupCleanerCallback"} <= set(ray_own)
+    unused = ("DatasetsCallback", "PlacementGroupCleanerCallback")
+    assert names(trainer_class(True)) == [n for n in ray_own if n not in unused]
+    assert names(trainer_class(False)) == [n for n in ray_own if n != "DatasetsCallback"]
