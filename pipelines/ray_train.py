@@ -99,8 +99,8 @@ def train_func(config: dict[str, Any]) -> None:
 
 
 def _link(src: Path, dst: Path) -> None:
-    """Hard-link (a checkpoint is ~200 MB; Ray copies it to storage anyway), else copy.
-    The source is replaced by rename, never rewritten in place, so the link stays valid."""
+    """Hard-link ``src`` to ``dst`` (a checkpoint is ~200 MB), else copy it. The source
+    is replaced by rename, never rewritten in place, so the link stays valid."""
     try:
         os.link(src, dst)
     except FileExistsError:
@@ -229,9 +229,9 @@ def fit_category(
 # pipeline never uses: DatasetsCallback's DatasetManager serves Ray Datasets (skrd4ad reads
 # its images itself), and PlacementGroupCleanerCallback's cleaner frees a crashed
 # controller's placement group on a cluster that outlives it (a local Ray instance ends
-# with this driver). Measured on the 2-core quick start: the two cost 4-5 CPU-s per
-# category to start plus a steady 0.02 cores, and the cleaner needs the dashboard (another
-# ~6 CPU-s). Upstream, ray-project/ray#65447 shares one cleaner across runs.
+# with this driver). Measured on the 2-core quick start: the two actors took 4-5 CPU-s per
+# category, and leaving them out with the dashboard (which only the cleaner needed) saved
+# 20 of 130 CPU-s (BENCHMARKS.md). Upstream, ray-project/ray#65447 shares one cleaner.
 _UNUSED_CALLBACKS = {"DatasetsCallback"}
 _UNUSED_LOCAL_CALLBACKS = {"PlacementGroupCleanerCallback"}
 
