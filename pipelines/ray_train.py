@@ -48,7 +48,8 @@ def train_func(config: dict[str, Any]) -> None:
                 cfg.resume = True
                 start_epoch = int(read_checkpoint(work / "last.pt")["epoch"])
     fault = config.get("fault") or {}
-    upload = _link_upload if _local_storage(ray.train.get_context().get_storage()) else None
+    storage_fs = ray.train.get_context().get_storage().storage_filesystem
+    upload = _link_upload if _local_fs(storage_fs) else None
 
     def report(metrics: dict[str, Any]) -> None:
         scalars = scalar_metrics(metrics)
@@ -124,12 +125,11 @@ def _set_torch_threads(wanted: int | None) -> int:
     return torch.get_num_threads()
 
 
-def _local_storage(where: Any) -> bool:
-    """Whether a Ray Train StorageContext or Checkpoint lives on a filesystem this node
-    sees as files (local disk or a shared mount), not on an object store."""
+def _local_fs(fs: Any) -> bool:
+    """Whether a Ray Train storage or checkpoint filesystem (pyarrow) is one this node sees
+    as files (local disk or a shared mount), not an object store."""
     import pyarrow.fs
 
-    fs = getattr(where, "storage_filesystem", None) or where.filesystem
     return isinstance(fs, pyarrow.fs.LocalFileSystem)
 
 
@@ -218,7 +218,7 @@ def fit_category(
         return {"category": category, "error": "training finished without a final checkpoint"}
     if dest.exists():
         shutil.rmtree(dest)
-    if _local_storage(result.checkpoint):
+    if _local_fs(result.checkpoint.filesystem):
         shutil.copytree(result.checkpoint.path, dest, copy_function=_link)
     else:
         result.checkpoint.to_directory(str(dest))

@@ -325,12 +325,12 @@ def test_trainer_leaves_out_only_the_unused_ray_train_actors():
 
     from pipelines.ray_train import train_func, trainer_class
 
-    def names(cls, **kwargs):
-        t = cls(train_func, scaling_config=ScalingConfig(num_workers=1), **kwargs)
+    def names(cls):
+        t = cls(train_func, scaling_config=ScalingConfig(num_workers=1))
         return [type(cb).__name__ for cb in t._create_default_callbacks()]
 
     ray_own = names(TorchTrainer)
-    assert {"DatasetsCallback", "PlacementGroupCleanerCallback"} <= set(ray_own)
-    unused = ("DatasetsCallback", "PlacementGroupCleanerCallback")
+    unused = {"DatasetsCallback", "PlacementGroupCleanerCallback"}
+    assert unused <= set(ray_own)
     assert names(trainer_class(True)) == [n for n in ray_own if n not in unused]
     assert names(trainer_class(False)) == [n for n in ray_own if n != "DatasetsCallback"]
