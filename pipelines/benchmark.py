@@ -120,16 +120,18 @@ def _train_env(local: bool) -> None:
 def _preload(launchable: threading.Event) -> None:
     """Import what the driver needs once Ray is up while ``ray.init`` mostly waits for
     Ray's processes to start: about 3 s of imports off the critical path. Ray Train's
-    TorchTrainer (with torch) first, which the launch needs; then MLflow and the model
-    code, which only the logging of a finished category needs, so they load while the
-    categories' controllers and workers start. A failure is left to the real import to
-    report."""
-    for name in ("ray.train.torch", "mlflow", "skrd4ad.checkpoint"):
+    TorchTrainer (with torch) and the backend config first, which the launch needs; then
+    MLflow and the model code, which only the logging of a finished category needs, so
+    they load while the categories' controllers and workers start. A failure is left to
+    the real import to report."""
+    launch = ("ray.train.torch", "pipelines.ray_backend")
+    for name in (*launch, "mlflow", "skrd4ad.checkpoint"):
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001, S110
             pass
-        launchable.set()
+        if name == launch[-1]:
+            launchable.set()
 
 
 def _launch(fits: dict[str, dict[str, Any]]) -> queue.Queue:

@@ -188,11 +188,14 @@ def fit_category(
     torch intra-op threads per worker (None: Ray's default)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
+    from .ray_backend import torch_config
+
     resources = {"CPU": cpus_per_worker}
     if gpus_per_worker:
         resources["GPU"] = gpus_per_worker
     trainer = trainer_class(local_cluster)(
         train_func,
+        torch_config=torch_config(num_workers),
         train_loop_config={
             "train": train_config,
             "overlays": overlays,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -334,3 +336,29 @@ def test_trainer_leaves_out_only_the_unused_ray_train_actors():
     assert unused <= set(ray_own)
     assert names(trainer_class(True)) == [n for n in ray_own if n not in unused]
     assert names(trainer_class(False)) == [n for n in ray_own if n != "DatasetsCallback"]
+
+
+def test_single_worker_backend_config_loads_without_torch():
+    """Each category's Ray Train controller unpickles its backend config: the
+    single-worker one must not drag torch into the controller (2.3 CPU-s each), and DDP
+    must keep Ray's TorchConfig and its process group."""
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipelines.ray_backend import SingleWorkerConfig, torch_config
+    from pipelines.ray_train import train_func
+
+    assert isinstance(torch_config(1), SingleWorkerConfig)
+    assert isinstance(torch_config(2), TorchConfig)
+    trainer = TorchTrainer(train_func, torch_config=torch_config(1))
+    assert trainer.backend_config.backend == "gloo"  # TorchTrainer's own choice, unread
+    assert trainer.backend_config.train_func_context is contextlib.nullcontext  # no set_device
+    code = (
+        "import pickle, sys\n"
+        f"pickle.loads({pickle.dumps(torch_config(1))!r})\n"
+        "assert 'pipelines.ray_backend' in sys.modules\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout
