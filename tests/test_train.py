@@ -6,10 +6,11 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from skrd4ad.checkpoint import load_model, read_checkpoint
+from skrd4ad.checkpoint import load_model, read_checkpoint, save_checkpoint
 from skrd4ad.errors import CheckpointError, TrainingDiverged
 from skrd4ad.evaluate import evaluate
 from skrd4ad.losses import SKRD4ADLoss
+from skrd4ad.models import BACKBONES, SKIP_TOPOLOGIES, build_model
 from skrd4ad.train import fit
 
 
@@ -154,3 +155,27 @@ def test_image_level_dataset_reports_pixel_metrics_as_absent(small_dataset, tmp_
     assert 0 <= written["image_auroc"] <= 1
     assert written["pixel_auroc"] is None and written["aupro"] is None
     assert "no ground-truth masks" in written["absent"]["aupro"]
+
+
+@pytest.mark.parametrize(
+    ("backbone", "skip"),
+    [(b, "sk") for b in BACKBONES] + [("resnet18", s) for s in SKIP_TOPOLOGIES if s != "sk"],
+)
+def test_load_model_restores_every_tensor(backbone, skip, tmp_path):
+    """load_model builds on the meta device and fills the tensors from the checkpoint:
+    every parameter and buffer must come back exactly, none left uninitialised."""
+    torch.manual_seed(0)
+    model = build_model(backbone, teacher_weights="none", skip=skip)
+    for m in model.modules():  # running stats that differ from the fresh defaults
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.num_batches_tracked.fill_(7)
+    save_checkpoint(tmp_path / "model.pt", model)
+    loaded, _ = load_model(tmp_path / "model.pt")
+    want, got = model.state_dict(), loaded.state_dict()
+    assert want.keys() == got.keys()
+    for name, tensor in want.items():
+        assert got[name].device.type == "cpu", name
+        assert torch.equal(got[name], tensor), name
+    assert not loaded.training and loaded.skip == model.skip
