@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .ray_train import scalar_metrics
+
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
@@ -55,10 +57,10 @@ def _log_history(mlflow: Any, run_id: str, history: list[dict[str, Any]]) -> Non
 
     now = int(time.time() * 1000)
     metrics = [
-        Metric(k, float(v), now, int(h["epoch"]))
+        Metric(k, v, now, int(h["epoch"]))
         for h in history
-        for k, v in h.items()
-        if k != "epoch" and isinstance(v, int | float) and not isinstance(v, bool)
+        for k, v in scalar_metrics(h).items()
+        if k != "epoch"
     ]
     client = mlflow.MlflowClient()
     for i in range(0, len(metrics), 1000):
