@@ -1,6 +1,9 @@
 """AUPRO speed: skrd4ad's pooled AUPRO against the published per-image 200-threshold loop.
 
-Input as in the issue: 256x256 anomaly maps, half of them with 3 rectangular defects.
+Input as in the issue: 256x256 anomaly maps, half of them with 3 rectangular defects; and
+the same maps made adversarial for the histogram (an outlier stretches the score range and
+one crowded bin straddles FPR 0.3 with every defect pixel at its top), where the error
+bound sends part or all of the curve to the exact sort.
 Run: python benchmarks/bench_aupro.py [--device cpu|cuda] [--skip-published]
 """
 
@@ -18,7 +21,21 @@ from sklearn.metrics import auc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import timeit, write_result  # noqa: E402
 
-from skrd4ad.metrics import aupro, pixel_auroc  # noqa: E402
+from skrd4ad.metrics import AUPRO_BINS, aupro, pixel_auroc, pixel_f1_max  # noqa: E402
+
+
+def adversarial(maps: np.ndarray, masks: np.ndarray, hi: float) -> np.ndarray:
+    """The maps moved so that, over the range [0, hi], a bin edge sits just above the normal
+    pixels' 70th percentile and every defect pixel at the top of the bin below it."""
+    width = hi / AUPRO_BINS
+    normal = masks == 0
+    v = maps.astype(np.float64) - maps[normal].min() + 10 * width
+    q = np.quantile(v[normal], 0.7)
+    top = (np.floor(q / width) + 1) * width
+    v[normal] += top - 0.02 * width - q
+    v[masks > 0] = top - 0.001 * width
+    v.flat[np.flatnonzero(normal.ravel())[:2]] = (0.0, hi)
+    return v.astype(np.float32)
 
 
 def make_case(n: int, size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +95,15 @@ def main() -> None:
         "value": aupro(t_maps, t_masks, exact=True),
     }
     figures["pixel_auroc_100"] = timeit(lambda: pixel_auroc(t_maps, t_masks), sync=sync)
+    figures["pixel_f1_max_100"] = timeit(lambda: pixel_f1_max(t_maps, t_masks), sync=sync)
+    # hi 3e5: the crowded bins are refined; hi 3e7: nearly every pixel in one bin, so a sort.
+    for hi in (3e5, 3e7):
+        a_maps = torch.from_numpy(adversarial(maps, masks, hi)).to(args.device)
+        figures[f"aupro_100_adversarial_range_{hi:.0e}"] = {
+            **timeit(lambda a=a_maps: aupro(a, t_masks), repeat=3, sync=sync),
+            "value": aupro(a_maps, t_masks),
+            "exact": aupro(a_maps, t_masks, exact=True),
+        }
     if not args.skip_published:
         t = timeit(lambda: published_style_pro(masks, maps), repeat=1)
         figures["published_style_100"] = {**t, "value": published_style_pro(masks, maps)}
@@ -88,6 +114,9 @@ def main() -> None:
     t_masks = torch.from_numpy(masks).to(args.device)
     figures["aupro_1725"] = {**timeit(lambda: aupro(t_maps, t_masks), repeat=3, sync=sync)}
     figures["pixel_auroc_1725"] = timeit(lambda: pixel_auroc(t_maps, t_masks), repeat=3, sync=sync)
+    figures["pixel_f1_max_1725"] = timeit(
+        lambda: pixel_f1_max(t_maps, t_masks), repeat=3, sync=sync
+    )
     write_result("aupro", figures)
 
 
