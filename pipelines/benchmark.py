@@ -26,9 +26,10 @@ from typing import Any
 from skrd4ad.atomic import atomic_write_text
 from skrd4ad.errors import UserError
 from skrd4ad.fast_exit import skip_exit_gc
+from skrd4ad.results import METRIC_KEYS, json_text
 
 from .params import load_params, train_config
-from .ray_train import FINAL_KEYS, fit_category
+from .ray_train import fit_category
 from .tracking import Tracker, git_commit
 
 RESULTS = Path("results")
@@ -261,7 +262,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         outcome["history"] = json.loads((folder / "train_history.json").read_text())
         final = {
             k: (math.nan if outcome["evaluation"][k] is None else outcome["evaluation"][k])
-            for k in FINAL_KEYS
+            for k in METRIC_KEYS
         }
         final.update(
             train_s=outcome["metrics"].get("train_s") or 0.0,
@@ -280,7 +281,7 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             per_category[cat] = {"error": outcome["error"]}
             continue
         evaluation, history = outcome["evaluation"], outcome["history"]
-        entry = {k: evaluation[k] for k in FINAL_KEYS}
+        entry = {k: evaluation[k] for k in METRIC_KEYS}
         if evaluation.get("absent"):
             entry["absent"] = evaluation["absent"]
         entry["train_s"] = outcome["metrics"].get("train_s")
@@ -289,20 +290,20 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         entry["resumed_from_epoch"] = outcome["metrics"].get("resumed_from_epoch")
         entry["torch_threads"] = outcome["metrics"].get("torch_threads")
         per_category[cat] = entry
-        bar_rows.append({"category": cat, **{k: evaluation[k] for k in FINAL_KEYS}})
+        bar_rows.append({"category": cat, **{k: evaluation[k] for k in METRIC_KEYS}})
         loss_rows += [{"category": cat, "epoch": h["epoch"], "loss": h["loss"]} for h in history]
 
     ok = [c for c in per_category if c not in failed]
     metrics = {
         "dataset": dataset["name"],
         "categories": per_category,
-        "mean": {k: _mean([per_category[c][k] for c in ok]) for k in FINAL_KEYS},
+        "mean": {k: _mean([per_category[c][k] for c in ok]) for k in METRIC_KEYS},
         "failed": failed,
         "wall_s": wall,
     }
-    atomic_write_text(METRICS, json.dumps(metrics, indent=2, allow_nan=True) + "\n")
+    atomic_write_text(METRICS, json_text(metrics))
     plots = RESULTS / "plots"
-    atomic_write_text(plots / "per_category.csv", _csv(bar_rows, ["category", *FINAL_KEYS]))
+    atomic_write_text(plots / "per_category.csv", _csv(bar_rows, ["category", *METRIC_KEYS]))
     atomic_write_text(plots / "loss.csv", _csv(loss_rows, ["category", "epoch", "loss"]))
     tracker.finish(metrics, METRICS)
     if stopping is not None:
@@ -321,7 +322,7 @@ def main() -> int:
     except UserError as exc:
         print(f"benchmark: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"mean": metrics["mean"], "failed": metrics["failed"]}, indent=2))
+    print(json_text({"mean": metrics["mean"], "failed": metrics["failed"]}), end="")
     if metrics["failed"]:
         names = ", ".join(sorted(metrics["failed"]))
         print(f"benchmark: error: categories failed: {names} (see metrics.json)", file=sys.stderr)

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-FINAL_KEYS = ("image_auroc", "pixel_auroc", "aupro")
+from skrd4ad.results import METRIC_KEYS
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -85,7 +85,7 @@ def train_func(config: dict[str, Any]) -> None:
         for name in ("model.pt", "last.pt", "train_history.json"):
             _link(work / name, Path(d) / name)
         shutil.copytree(work / "eval", Path(d) / "eval", copy_function=_link)
-        metrics = {k: (math.nan if final[k] is None else final[k]) for k in FINAL_KEYS}
+        metrics = {k: (math.nan if final[k] is None else final[k]) for k in METRIC_KEYS}
         metrics["train_s"] = sum(h["epoch_s"] for h in result.history)
         metrics["images_per_s"] = result.history[-1]["images_per_s"]
         metrics["final"] = 1.0

@@ -7,8 +7,17 @@ import sys
 from pathlib import Path
 
 from skrd4ad.atomic import atomic_write_text
+from skrd4ad.results import METRIC_KEYS
 
 from .published import TABLES, VAD_IMAGE_AUROC
+
+LABELS = {
+    "image_auroc": "image AUROC",
+    "pixel_auroc": "pixel AUROC",
+    "aupro": "AUPRO",
+    "image_f1_max": "image F1-max",
+    "pixel_f1_max": "pixel F1-max",
+}
 
 
 def _pct(value: float | None) -> str:
@@ -41,27 +50,23 @@ def render(metrics: dict) -> str:
             "definition, so the columns are close but not identical quantities.",
             "",
         ]
-    head = "| category | image AUROC | pixel AUROC | AUPRO |"
-    rule = "| --- | --- | --- | --- |"
+    head = "| category | " + " | ".join(LABELS[k] for k in METRIC_KEYS) + " |"
+    rule = "| --- " * (len(METRIC_KEYS) + 1) + "|"
     if table:
         head += " RD4AD (pub.) | SK-RD4AD (pub.) |"
         rule += " --- | --- |"
     lines += [head, rule]
+    blank = " |" * (len(METRIC_KEYS) - 1 + (2 if table else 0))
     for cat, m in sorted(cats.items()):
         if "error" in m:
-            lines.append(f"| {cat} | failed: {m['error'][:120]} | | |" + (" | |" if table else ""))
+            lines.append(f"| {cat} | failed: {m['error'][:120]} |" + blank)
             continue
-        row = (
-            f"| {cat} | {_pct(m['image_auroc'])} | {_pct(m['pixel_auroc'])} | {_pct(m['aupro'])} |"
-        )
+        row = f"| {cat} | " + " | ".join(_pct(m.get(k)) for k in METRIC_KEYS) + " |"
         if table:
             pub = table.get(cat)
             row += f" {pub[0]} / {pub[1]} | {pub[2]} / {pub[3]} |" if pub else " — | — |"
         lines.append(row)
-    mrow = (
-        f"| **mean** | {_pct(metrics['mean']['image_auroc'])} | "
-        f"{_pct(metrics['mean']['pixel_auroc'])} | {_pct(metrics['mean']['aupro'])} |"
-    )
+    mrow = "| **mean** | " + " | ".join(_pct(metrics["mean"].get(k)) for k in METRIC_KEYS) + " |"
     if table:
         mrow += f" {mean[0]} / {mean[1]} | {mean[2]} / {mean[3]} |"
     lines += [mrow, ""]

@@ -41,6 +41,7 @@ import yaml
 from skrd4ad.atomic import atomic_write_text
 from skrd4ad.errors import UserError
 from skrd4ad.fast_exit import skip_exit_gc
+from skrd4ad.results import METRIC_KEYS
 
 from .params import PARAMS, load_params, train_config
 from .ray_train import scalar_metrics, storage_args
@@ -196,7 +197,7 @@ def evaluate_best_on_test(
                 layout=train.get("layout", "auto"),
                 device=train.get("device", "auto"),
             )
-            out[cat] = {k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}
+            out[cat] = {k: metrics.get(k) for k in METRIC_KEYS}
     return out
 
 

@@ -8,7 +8,6 @@ line and exit with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ import yaml
 
 from .errors import UserError
 from .fast_exit import skip_exit_gc
+from .results import json_text
 
 EXIT_USER_ERROR = 2
 
@@ -467,7 +467,7 @@ def run(argv: list[str] | None = None) -> int:
         result = {"out": str(out), "format": args.format, "preprocessing": "see skrd4ad/export.py"}
     else:
         result = _demo(args)
-    print(json.dumps(result, indent=2, default=str, allow_nan=True))
+    print(json_text(result), end="")
     return 0
 
 

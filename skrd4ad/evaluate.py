@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,39 +13,64 @@ import torch
 
 from .atomic import atomic_write_text, ensure_writable_dir
 from .data import TensorSet, decode_test_split, load_category
-from .metrics import aupro, image_auroc, pixel_auroc, pro_curve
+from .metrics import (
+    UndefinedMetricWarning,
+    aupro,
+    f1_max,
+    image_auroc,
+    pixel_auroc,
+    pixel_f1_max,
+    pro_curve,
+)
+from .results import METRIC_KEYS, PIXEL_KEYS, json_text
 
 NO_MASKS = "the dataset has no ground-truth masks (image-level only)"
 
 
 def score_tensor_set(maps: torch.Tensor, scores: torch.Tensor, ts: TensorSet) -> dict[str, Any]:
-    """Image AUROC, and pixel AUROC and AUPRO when the set has masks (else None + reason)."""
+    """Every metric of :data:`METRIC_KEYS` for the set; a metric that is undefined for it
+    (no masks, a single class) is None, with the reason under ``absent``."""
     labels = ts.labels.to(scores.device)
-    out: dict[str, Any] = {"image_auroc": image_auroc(scores, labels)}
+    out: dict[str, Any] = {}
+    absent: dict[str, str] = {}
+
+    def measure(key: str, fn, *args) -> None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UndefinedMetricWarning)
+            value = fn(*args)
+        out[key] = None if value != value else value  # nan: undefined
+        reasons = [str(w.message) for w in caught if w.category is UndefinedMetricWarning]
+        for w in caught:  # still shown; the reason is also recorded beside the null
+            warnings.warn(w.message, w.category, stacklevel=3)
+        if out[key] is None:
+            absent[key] = reasons[0] if reasons else "undefined for this set"
+
+    measure("image_auroc", image_auroc, scores, labels)
+    measure("image_f1_max", lambda s, y: f1_max(s, y)[0], scores, labels)
     if ts.masks is None:
-        out.update(
-            pixel_auroc=None, aupro=None, absent={"pixel_auroc": NO_MASKS, "aupro": NO_MASKS}
-        )
+        out.update(dict.fromkeys(PIXEL_KEYS))
+        absent.update(dict.fromkeys(PIXEL_KEYS, NO_MASKS))
     else:
         masks = ts.masks.to(maps.device)
-        out.update(pixel_auroc=pixel_auroc(maps, masks), aupro=aupro(maps, masks))
+        for key, fn in (
+            ("pixel_auroc", pixel_auroc),
+            ("aupro", aupro),
+            ("pixel_f1_max", pixel_f1_max),
+        ):
+            measure(key, fn, maps, masks)
+    out = {k: out[k] for k in METRIC_KEYS}
+    if absent:
+        out["absent"] = absent
     return out
 
 
 def best_f1_threshold(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
-    """The image-score threshold with the best F1 (score >= threshold is anomalous)."""
-    s = scores.detach().float().cpu().numpy()
+    """The image-score threshold with the best F1 (score >= threshold is anomalous), from
+    scikit-learn's precision-recall curve; None when the labels hold a single class."""
     y = labels.cpu().numpy().astype(bool)
     if y.all() or not y.any():
         return None
-    best_f1, best_t = -1.0, None
-    for t in np.unique(s):
-        pred = s >= t
-        tp = np.sum(pred & y)
-        f1 = 2 * tp / (pred.sum() + y.sum())
-        if f1 > best_f1:
-            best_f1, best_t = f1, float(t)
-    return best_t
+    return f1_max(scores, labels)[1]
 
 
 def evaluate(
@@ -133,5 +158,5 @@ def evaluate(
 
         pro = pro_curve(maps_cpu, ts.masks) if ts.masks is not None else None
         result["curves"] = write_curves(out, scores_cpu.numpy(), np.array(labels), pro)
-    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, allow_nan=True) + "\n")
+    atomic_write_text(out / "metrics.json", json_text(result))
     return result

@@ -7,7 +7,6 @@ module importing them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +35,7 @@ from .inference import (
 from .losses import SKRD4ADLoss
 from .models import build_model
 from .models.skrd4ad import Student
+from .results import json_text
 
 Callback = Callable[[dict[str, Any]], None]
 LAST = "last.pt"
@@ -382,4 +382,4 @@ def _finalise(cfg, out, model, val_set, history, best, device, rank=0) -> TrainR
 
 
 def _json(obj: Any) -> str:
-    return json.dumps(obj, indent=1, allow_nan=True) + "\n"
+    return json_text(obj, indent=1)

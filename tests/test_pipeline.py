@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
+from skrd4ad.results import METRIC_KEYS
+
 REPO = Path(__file__).resolve().parents[1]
 COPY = [
     "pipelines",
@@ -87,7 +89,7 @@ def test_dvc_repro_writes_metrics_plots_and_report(project):
     assert metrics["failed"] == {} and set(metrics["categories"]) == {"brick", "gravel"}
     for cat in ("brick", "gravel"):
         m = metrics["categories"][cat]
-        assert all(0 <= m[k] <= 1 for k in ("image_auroc", "pixel_auroc", "aupro"))
+        assert all(0 <= m[k] <= 1 for k in METRIC_KEYS)
         assert (root / "results" / "benchmark" / cat / "model.pt").is_file()
         assert (root / "results" / "benchmark" / cat / "eval" / "metrics.json").is_file()
         # 2 CPUs over 2 categories: a share of 1 CPU, so threads_per_worker auto = 2
@@ -96,12 +98,16 @@ def test_dvc_repro_writes_metrics_plots_and_report(project):
     assert mean == pytest.approx(
         sum(metrics["categories"][c]["aupro"] for c in ("brick", "gravel")) / 2
     )
+    assert set(metrics["mean"]) == set(METRIC_KEYS)
     report = (root / "report.md").read_text()
     assert "no published numbers exist" in report and "| brick |" in report
+    assert "image F1-max" in report and "pixel F1-max" in report
+    bars = (root / "results" / "plots" / "per_category.csv").read_text().splitlines()
+    assert bars[0] == ",".join(["category", *METRIC_KEYS])
     loss = (root / "results" / "plots" / "loss.csv").read_text().splitlines()
     assert loss[0] == "category,epoch,loss" and len(loss) == 1 + 2 * 2
     shown = sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env).stdout
-    assert "aupro" in shown
+    assert all(k in shown for k in METRIC_KEYS)
     plots = sh([sys.executable, "-m", "dvc", "plots", "show", "--json"], root, env).stdout
     assert "per_category.csv" in plots and "loss.csv" in plots
     # Against the commit before the run, every metric is new: `dvc metrics diff` sees them.
@@ -132,13 +138,11 @@ def test_mlflow_parent_and_nested_runs(project, tmp_path):
     for c in children:
         assert c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert {"dataset", "git_commit", "dvc_data_hash"} <= set(c.data.tags)
-        assert {"image_auroc", "pixel_auroc", "aupro", "train_s", "loss", "cosine"} <= set(
-            c.data.metrics
-        )
+        assert {*METRIC_KEYS, "train_s", "loss", "cosine"} <= set(c.data.metrics)
         assert c.data.params["backbone"] == "resnet18" and c.data.params["gamma"] == "0.05"
         history = mlflow.tracking.MlflowClient().get_metric_history(c.info.run_id, "loss")
         assert [h.step for h in history] == [1, 2]
-    assert "mean_aupro" in parents[0].data.metrics
+    assert {f"mean_{k}" for k in METRIC_KEYS} <= set(parents[0].data.metrics)
     import torch
 
     # dst_path: MLflow otherwise downloads into a fresh /tmp folder it never removes.

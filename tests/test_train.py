@@ -11,6 +11,7 @@ from skrd4ad.errors import CheckpointError, TrainingDiverged
 from skrd4ad.evaluate import evaluate
 from skrd4ad.losses import SKRD4ADLoss
 from skrd4ad.models import BACKBONES, SKIP_TOPOLOGIES, build_model
+from skrd4ad.results import METRIC_KEYS, PIXEL_KEYS
 from skrd4ad.train import fit
 
 
@@ -31,14 +32,14 @@ def test_training_lowers_loss_checkpoints_and_evaluates(small_dataset, tmp_path)
     metrics = evaluate(
         tmp_path / "model.pt", small_dataset, "brick", tmp_path / "eval", overlays=1, curves=True
     )
-    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    written = strict_json(tmp_path / "eval" / "metrics.json")
     assert written["counts"] == {
         "test": 12,
         "normal": 4,
         "anomalous": 8,
         "by_defect": {"good": 4, "hole": 2, "patch": 2, "scratch": 2, "stain": 2},
     }
-    for key in ("image_auroc", "pixel_auroc", "aupro"):
+    for key in METRIC_KEYS:
         assert 0.0 <= written[key] <= 1.0 and written[key] == metrics[key]
     assert {"inference_s", "metrics_s", "decode_s", "total_s"} <= set(written["timings"])
     assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == 2
@@ -150,11 +151,41 @@ def test_image_level_dataset_reports_pixel_metrics_as_absent(small_dataset, tmp_
     shutil.copytree(src / "test" / "stain", root / "cat" / "test" / "bad_unseen_defects")
     fit(tiny_config(root, tmp_path / "run", category="cat", epochs=1, val_fraction=0))
     m = evaluate(tmp_path / "run" / "model.pt", root, "cat", tmp_path / "eval")
-    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    written = strict_json(tmp_path / "eval" / "metrics.json")
     assert m["layout"] == written["layout"] == "vad"
-    assert 0 <= written["image_auroc"] <= 1
-    assert written["pixel_auroc"] is None and written["aupro"] is None
-    assert "no ground-truth masks" in written["absent"]["aupro"]
+    assert 0 <= written["image_auroc"] <= 1 and 0 <= written["image_f1_max"] <= 1
+    for key in PIXEL_KEYS:
+        assert written[key] is None and "no ground-truth masks" in written["absent"][key]
+
+
+def strict_json(path):
+    """A strict parser: bare NaN or Infinity, which json.dumps writes by default, fail."""
+
+    def reject(name):
+        raise ValueError(f"{path} holds a bare {name}")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def test_undefined_metrics_are_null_with_the_reason():
+    """A test set without a defective image: every metric but none of the file is NaN."""
+    from skrd4ad.data import TensorSet
+    from skrd4ad.evaluate import score_tensor_set
+    from skrd4ad.results import json_text
+
+    ts = TensorSet(
+        images=torch.zeros(3, 3, 8, 8, dtype=torch.uint8),
+        masks=torch.zeros(3, 8, 8, dtype=torch.bool),
+        labels=torch.zeros(3, dtype=torch.long),
+        paths=["a", "b", "c"],
+        defects=["good"] * 3,
+    )
+    with pytest.warns(UserWarning):
+        out = score_tensor_set(torch.rand(3, 8, 8), torch.rand(3), ts)
+    for key in METRIC_KEYS:
+        assert out[key] is None
+        assert "undefined" in out["absent"][key]
+    assert "NaN" not in json_text({**out, "loss": float("nan")})
 
 
 @pytest.mark.parametrize(

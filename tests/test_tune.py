@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from skrd4ad.results import METRIC_KEYS
+
 pytest.importorskip("ray.tune")
 pytest.importorskip("mlflow")
 
@@ -87,7 +89,7 @@ def test_smoke_search_finds_and_tests_a_best_config(smoke):
     assert set(brick["config"]) == {"alpha", "beta", "gamma"}
     assert 0.0 <= brick["val_aupro"] <= 1.0
     # The one test-set evaluation, after the search.
-    assert set(brick["test"]) == {"image_auroc", "pixel_auroc", "aupro"}
+    assert set(brick["test"]) == set(METRIC_KEYS)
     assert all(0.0 <= v <= 1.0 for v in brick["test"].values())
     assert "best configs in" in done.stdout
 
@@ -168,7 +170,7 @@ def test_shared_optuna_search_trains_categories_in_lockstep(tmp_path):
     best = yaml.safe_load((root / "store" / "shared" / "best.yaml").read_text())
     assert set(best["best"]) == {"brick", "grass"}
     assert best["best"]["brick"]["config"] == best["best"]["grass"]["config"]
-    assert set(best["best"]["grass"]["test"]) == {"image_auroc", "pixel_auroc", "aupro"}
+    assert set(best["best"]["grass"]["test"]) == set(METRIC_KEYS)
     trials = best["trials"]["shared"]
     assert len(trials) == 2 and all(t["epochs_run"] == 2 for t in trials)
     assert all(0.0 <= t["config"]["alpha"] <= 1.0 for t in trials)
