@@ -134,6 +134,7 @@ def evaluate(
             "by_defect": dict(sorted(Counter(ts.defects).items())),
         },
         "threshold": state.get("threshold"),
+        "threshold_precision": state.get("threshold_precision"),
         "timings": {
             "decode_s": t_decode,
             "inference_s": t_infer,

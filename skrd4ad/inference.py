@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,19 +29,43 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+# The validation threshold is computed in float32 whatever the training precision, so that
+# it applies to what predict (by default) and the float32 exports compute.
+THRESHOLD_PRECISION = "fp32"
+
+
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """What ``precision`` means on ``device``: ``bf16`` for bf16, and for auto on CUDA;
+    ``fp32`` otherwise. CPUs run float32 unless bf16 is asked for by name: bf16 is faster on
+    CPUs with AVX512-BF16 or AMX (BENCHMARKS.md) but changes the numbers slightly."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return "bf16" if bf16 else "fp32"
 
 
 def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
-    """bf16 autocast for ``bf16``, and for ``auto`` on CUDA; float32 otherwise.
-
-    CPUs run float32 unless bf16 is asked for by name: it is about 1.8x faster on CPUs with
-    AVX512-BF16 or AMX (benchmarks/bench_train_infer.py) but changes the numbers slightly.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    """bf16 autocast where :func:`resolve_precision` says bf16; nothing otherwise."""
+    if resolve_precision(device, precision) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def float32_numerics(device: torch.device, precision: str = "auto") -> Iterator[None]:
+    """Where the precision is fp32 on CUDA, true float32 inside: TF32 off for cuDNN
+    convolutions (torch's default runs them in TF32) and for cuBLAS matmuls, forward and
+    backward; the previous settings come back on exit."""
+    if device.type != "cuda" or resolve_precision(device, precision) != "fp32":
+        yield
+        return
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.fp32_precision, conv.fp32_precision
+    matmul.fp32_precision = conv.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
 
 
 def prepare_model(
@@ -77,11 +102,12 @@ def predict_maps(
     model.eval()
     size = images.shape[-1]
     maps = torch.empty((images.shape[0], size, size), dtype=torch.float32, device=device)
-    for start in range(0, images.shape[0], batch_size):
-        x = to_input(images[start : start + batch_size], device, channels_last)
-        with autocast(device, precision):
-            teacher, student = model(x)
-        maps[start : start + x.shape[0]] = anomaly_map(teacher, student, size)
+    with float32_numerics(device, precision):
+        for start in range(0, images.shape[0], batch_size):
+            x = to_input(images[start : start + batch_size], device, channels_last)
+            with autocast(device, precision):
+                teacher, student = model(x)
+            maps[start : start + x.shape[0]] = anomaly_map(teacher, student, size)
     return maps, image_score(maps)
 
 
@@ -107,7 +133,8 @@ class Predictor:
         batch_size: int = 32,
         expect_backbone: str | None = None,
     ) -> Predictor:
-        """Load ``path``; ``precision`` None means the checkpoint's own setting."""
+        """Load ``path``; ``precision`` None means the checkpoint's own setting. Its
+        ``precision`` attribute is the resolved one (``fp32`` or ``bf16``)."""
         from .checkpoint import load_model
 
         model, state = load_model(Path(path), expect_backbone=expect_backbone)
@@ -119,7 +146,7 @@ class Predictor:
             state=state,
             device=dev,
             image_size=int(cfg.get("image_size", 256)),
-            precision=precision or cfg.get("precision", "auto"),
+            precision=resolve_precision(dev, precision or cfg.get("precision", "auto")),
             channels_last=channels_last,
             batch_size=batch_size,
         )

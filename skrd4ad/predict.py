@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,23 @@ def collect_images(inputs: list[Path]) -> list[Path]:
     return paths
 
 
+def _match_threshold_precision(predictor: Predictor, asked: str | None) -> None:
+    """Score in the precision the checkpoint's threshold was chosen in, unless the user
+    asked for another; then say that scores near the threshold may fall either side."""
+    wanted = predictor.state.get("threshold_precision")
+    if wanted is None or predictor.precision == wanted:
+        return
+    if asked is None:
+        predictor.precision = wanted
+        return
+    print(
+        f"predict: warning: scoring in {predictor.precision}, but the checkpoint's threshold "
+        f"was chosen on {wanted} scores; images scoring near it may fall on either side "
+        f"(drop --precision to score in {wanted})",
+        file=sys.stderr,
+    )
+
+
 def predict(
     checkpoint: Path,
     inputs: list[Path],
@@ -51,6 +69,7 @@ def predict(
     )
     if threshold is None:
         threshold = predictor.state.get("threshold")
+        _match_threshold_precision(predictor, precision)
     if threshold is None:
         raise UserError(
             f"no threshold: {checkpoint} recorded none (it was trained without a validation "

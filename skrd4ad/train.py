@@ -26,10 +26,13 @@ from .feature_cache import MODES as CACHE_MODES
 from .feature_cache import build_cache, use_cache
 from .inference import (
     PRECISIONS,
+    THRESHOLD_PRECISION,
     autocast,
+    float32_numerics,
     predict_maps,
     prepare_model,
     resolve_device,
+    resolve_precision,
     to_input,
 )
 from .losses import SKRD4ADLoss
@@ -161,8 +164,14 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
 
     Each callback gets the epoch's metrics after that epoch's checkpoint is on disk; the
     key ``checkpoint`` (the path of last.pt) is present when one was written that epoch.
+    ``precision`` fp32 on CUDA is true float32 (no TF32), forward and backward.
     """
     cfg.validate()
+    with float32_numerics(resolve_device(cfg.device), cfg.precision):
+        return _fit(cfg, list(callbacks))
+
+
+def _fit(cfg: TrainConfig, callbacks: list[Callback]) -> TrainResult:
     out = ensure_writable_dir(Path(cfg.out))
     device = resolve_device(cfg.device)
     data = load_category(
@@ -220,7 +229,6 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
         )
 
     n = len(train_set)
-    callbacks = list(callbacks)
     cache = None
     if use_cache(cfg.cache_features, cfg.augment) and start_epoch < cfg.epochs:
         cache = build_cache(
@@ -330,16 +338,22 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
     return _finalise(cfg, out, model, val_set, history, best, device, rank)
 
 
-def _validate(model, val_set, cfg: TrainConfig, device) -> tuple[dict[str, Any], torch.Tensor]:
-    """Metrics on the synthetic validation split, and its image scores."""
-    maps, scores = predict_maps(
+def _val_maps(
+    model, val_set, cfg: TrainConfig, device, precision: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return predict_maps(
         model,
         val_set.images,
         device=device,
         batch_size=cfg.eval_batch_size,
-        precision=cfg.precision,
+        precision=precision or cfg.precision,
         channels_last=cfg.channels_last,
     )
+
+
+def _validate(model, val_set, cfg: TrainConfig, device) -> tuple[dict[str, Any], torch.Tensor]:
+    """Metrics on the synthetic validation split, and its image scores."""
+    maps, scores = _val_maps(model, val_set, cfg, device)
     return score_tensor_set(maps, scores, val_set), scores
 
 
@@ -364,6 +378,8 @@ def _finalise(cfg, out, model, val_set, history, best, device, rank=0) -> TrainR
     threshold, val_metrics = None, None
     if val_set is not None:
         val_metrics, scores = _validate(model, val_set, cfg, device)
+        if resolve_precision(device, cfg.precision) != THRESHOLD_PRECISION:
+            _, scores = _val_maps(model, val_set, cfg, device, precision=THRESHOLD_PRECISION)
         threshold = best_f1_threshold(scores, val_set.labels)
     model_path = out / MODEL
     save_checkpoint(
@@ -374,6 +390,7 @@ def _finalise(cfg, out, model, val_set, history, best, device, rank=0) -> TrainR
         history=history,
         best=best,
         threshold=threshold,
+        threshold_precision=THRESHOLD_PRECISION if threshold is not None else None,
         val_metrics=val_metrics,
         selected_from=source.name,
     )

@@ -42,6 +42,7 @@ def test_training_lowers_loss_checkpoints_and_evaluates(small_dataset, tmp_path)
     for key in METRIC_KEYS:
         assert 0.0 <= written[key] <= 1.0 and written[key] == metrics[key]
     assert {"inference_s", "metrics_s", "decode_s", "total_s"} <= set(written["timings"])
+    assert written["precision"] == "fp32"  # resolved, not "auto"
     assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == 2
     assert (tmp_path / "eval" / "pro_curve.png").is_file()
 
@@ -210,3 +211,60 @@ def test_load_model_restores_every_tensor(backbone, skip, tmp_path):
         assert got[name].device.type == "cpu", name
         assert torch.equal(got[name], tensor), name
     assert not loaded.training and loaded.skip == model.skip
+
+
+def test_fp32_on_cuda_turns_tf32_off_and_restores_it():
+    """The flags, not a device: CI has no GPU, and setting them needs none."""
+    from skrd4ad.inference import float32_numerics, resolve_precision
+
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = matmul.fp32_precision, conv.fp32_precision
+    cuda = torch.device("cuda")
+    with float32_numerics(cuda, "fp32"):
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+    assert (matmul.fp32_precision, conv.fp32_precision) == before
+    for device, precision in ((cuda, "auto"), (cuda, "bf16"), (torch.device("cpu"), "fp32")):
+        with float32_numerics(device, precision):
+            assert (matmul.fp32_precision, conv.fp32_precision) == before
+    assert resolve_precision(cuda, "auto") == "bf16"
+    assert resolve_precision(torch.device("cpu"), "auto") == "fp32"
+    assert resolve_precision(torch.device("cpu"), "bf16") == "bf16"
+
+
+def test_threshold_is_chosen_on_float32_scores_and_predict_uses_them(
+    small_dataset, tmp_path, capsys
+):
+    """Trained in bf16: the recorded threshold is the F1-best one of the float32 scores,
+    which predict computes by default; asking predict for bf16 says what that means."""
+    from skrd4ad.data import category_tensors, load_category
+    from skrd4ad.evaluate import best_f1_threshold
+    from skrd4ad.inference import Predictor, predict_maps, prepare_model
+    from skrd4ad.predict import predict
+
+    cfg = tiny_config(small_dataset, tmp_path / "run", epochs=1, precision="bf16")
+    fit(cfg)
+    state = read_checkpoint(tmp_path / "run" / "model.pt")
+    assert state["threshold_precision"] == "fp32"
+    _, val_set = category_tensors(
+        load_category(small_dataset, "brick", "auto", seed=cfg.seed),
+        cfg.image_size,
+        cfg.val_fraction,
+        cfg.seed,
+    )
+    model, _ = load_model(tmp_path / "run" / "model.pt")
+    model = prepare_model(model, torch.device("cpu"), cfg.channels_last)
+    scores = {
+        p: predict_maps(model, val_set.images, device=torch.device("cpu"), precision=p)[1]
+        for p in ("fp32", "bf16")
+    }
+    assert not torch.allclose(scores["fp32"], scores["bf16"], atol=1e-4)
+    assert state["threshold"] == pytest.approx(best_f1_threshold(scores["fp32"], val_set.labels))
+
+    image = next((small_dataset / "brick" / "test" / "good").iterdir())
+    predict(tmp_path / "run" / "model.pt", [image], tmp_path / "p", overlays=False)
+    assert "warning" not in capsys.readouterr().err
+    assert Predictor.from_checkpoint(tmp_path / "run" / "model.pt").precision == "bf16"
+    predict(
+        tmp_path / "run" / "model.pt", [image], tmp_path / "q", overlays=False, precision="bf16"
+    )
+    assert "threshold was chosen on fp32 scores" in capsys.readouterr().err
