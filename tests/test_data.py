@@ -154,8 +154,8 @@ def test_image_modes_are_converted_to_rgb(tmp_path):
     m = np.zeros((10, 10), np.uint8)
     m[:5] = 7
     Image.fromarray(m).save(tmp_path / "m.png")
-    mt = mask_tensor(tmp_path / "m.png", 20)
-    assert mt.dtype.is_floating_point is False and int(mt.sum()) == 200
+    mt, graded = mask_tensor(tmp_path / "m.png", 20)
+    assert mt.dtype.is_floating_point is False and int(mt.sum()) == 200 and not graded
 
 
 def test_mask_size_mismatch_is_resized_with_warning(tmp_path):
@@ -203,3 +203,56 @@ def test_missing_category_and_empty_train(tmp_path):
         p.unlink()
     with pytest.raises(DataError, match="empty train set"):
         load_category(tmp_path, "brick")
+
+
+def test_16_bit_images_are_scaled_to_8_bits_not_clipped_white(tmp_path):
+    """A real 16-bit PNG (mode I;16, as industrial cameras write): each value v becomes
+    round(v / 257), the same image an 8-bit export would give."""
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as img:
+        assert img.mode == "I;16"
+    t = image_tensor(tmp_path / "g16.png", 32)
+    expected = np.round(ramp / 257).astype(np.uint8)
+    for channel in t.numpy():
+        assert np.array_equal(channel, expected)
+    assert t.float().mean() < 140  # clipped, it was all but white (254.5)
+
+
+def test_non_binary_masks_binarise_at_half_their_maximum_with_one_warning(tmp_path):
+    cat = tmp_path / "widget"
+    rgb = np.full((16, 16, 3), 120)
+    for name in ("a", "b", "c"):
+        save(cat / "train" / "good" / f"{name}.png", rgb)
+    save(cat / "test" / "good" / "g.png", rgb)
+    graded = np.zeros((16, 16), np.uint8)
+    graded[4:8, 4:8] = 255
+    graded[3, 4:8] = 64  # a faint antialiased edge: below half, not defect
+    graded[8, 4:8] = 200  # a strong one: defect
+    ones = np.zeros((16, 16), np.uint8)
+    ones[0:2, 0:2] = 1  # a 0/1 mask is binary: its maximum is 1
+    for name, mask in (("x", graded), ("y", graded), ("z", ones)):
+        save(cat / "test" / "crack" / f"{name}.png", rgb)
+        save(cat / "ground_truth" / "crack" / f"{name}_mask.png", mask)
+    data = load_category(tmp_path, "widget")
+    with pytest.warns(UserWarning, match=r"2 of 3 masks under .*ground_truth are not binary") as w:
+        ts = decode_test_split(data, 16)
+    assert sum("not binary" in str(x.message) for x in w) == 1
+    x = ts.masks[ts.paths.index(str(cat / "test" / "crack" / "x.png"))]
+    assert int(x.sum()) == 16 + 4 and bool(x[8, 4]) and not bool(x[3, 4])
+    z = ts.masks[ts.paths.index(str(cat / "test" / "crack" / "z.png"))]
+    assert int(z.sum()) == 4
+
+
+def test_empty_mask_of_a_defective_image_is_named(tmp_path):
+    cat = tmp_path / "widget"
+    rgb = np.full((16, 16, 3), 120)
+    save(cat / "train" / "good" / "a.png", rgb)
+    save(cat / "test" / "good" / "g.png", rgb)
+    full = np.zeros((16, 16), np.uint8)
+    full[2:6, 2:6] = 255
+    for name, mask in (("ok", full), ("blank", np.zeros((16, 16), np.uint8))):
+        save(cat / "test" / "dent" / f"{name}.png", rgb)
+        save(cat / "ground_truth" / "dent" / f"{name}_mask.png", mask)
+    with pytest.warns(UserWarning, match=r"1 defective images have an empty mask.*blank_mask"):
+        decode_test_split(load_category(tmp_path, "widget"), 16)

@@ -1,7 +1,7 @@
 """Datasets: layouts, decoding, the embedded default dataset and VisA conversion."""
 
 from .default_dataset import DEFAULT_CATEGORIES, make_default_dataset
-from .images import IMAGE_EXTENSIONS, MaskSizeWarning, normalize
+from .images import IMAGE_EXTENSIONS, MaskSizeWarning, MaskValueWarning, normalize
 from .layouts import LAYOUTS, CategoryData, Sample, list_categories, load_category
 from .tensors import TensorSet, category_tensors, decode, decode_test_split
 from .visa import prepare_visa
@@ -12,6 +12,7 @@ __all__ = [
     "LAYOUTS",
     "CategoryData",
     "MaskSizeWarning",
+    "MaskValueWarning",
     "Sample",
     "TensorSet",
     "category_tensors",

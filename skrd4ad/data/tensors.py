@@ -6,13 +6,15 @@ instead of reading files (400 images at 256 px take 79 MB).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import DataError
-from .images import image_size_of, image_tensor, mask_tensor
+from .images import MaskValueWarning, image_size_of, image_tensor, mask_tensor
 from .layouts import CategoryData, Sample
 from .synthetic import add_defect
 
@@ -36,14 +38,43 @@ def decode(samples: list[Sample], size: int, with_masks: bool) -> TensorSet:
         raise DataError("no images to decode")
     images = torch.empty((len(samples), 3, size, size), dtype=torch.uint8)
     masks = torch.zeros((len(samples), size, size), dtype=torch.bool) if with_masks else None
+    not_binary, empty = 0, []
     for i, s in enumerate(samples):
         images[i] = image_tensor(s.path, size)
         if masks is not None and s.mask is not None:
-            masks[i] = mask_tensor(s.mask, size, image_size_of(s.path))
+            masks[i], graded = mask_tensor(s.mask, size, image_size_of(s.path))
+            not_binary += graded
+            if s.label == 1 and not masks[i].any():
+                empty.append(str(s.mask))
+    if masks is not None:
+        _warn_masks(samples, not_binary, empty)
     labels = torch.tensor([s.label for s in samples], dtype=torch.long)
     return TensorSet(
         images, masks, labels, [str(s.path) for s in samples], [s.defect for s in samples]
     )
+
+
+def _warn_masks(samples: list[Sample], not_binary: int, empty: list[str]) -> None:
+    """One warning per decoded set for each kind of doubtful mask."""
+    with_masks = sum(s.mask is not None for s in samples)
+    if not_binary:
+        folder = Path(next(s.mask for s in samples if s.mask is not None)).parent.parent
+        warnings.warn(
+            f"{not_binary} of {with_masks} masks under {folder} are not binary (values "
+            "other than 0 and their maximum, e.g. antialiased edges): binarised at half "
+            "their maximum",
+            MaskValueWarning,
+            stacklevel=3,
+        )
+    if empty:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        warnings.warn(
+            f"{len(empty)} defective images have an empty mask (no defect pixel): {shown}; "
+            "their pixels count as normal in pixel AUROC, AUPRO and F1-max: fix the masks "
+            "or move the images",
+            MaskValueWarning,
+            stacklevel=3,
+        )
 
 
 def split_validation(
