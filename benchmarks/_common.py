@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from skrd4ad.atomic import atomic_write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -94,9 +96,6 @@ def write_result(name: str, figures: dict) -> Path:
     text = json.dumps(record, indent=2)
     print(text)
     suffix = "gpu" if torch.cuda.is_available() else "cpu"
-    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}_{suffix}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, text + "\n")
     return path

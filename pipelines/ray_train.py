@@ -13,7 +13,6 @@ import functools
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +28,22 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def train_func(config: dict[str, Any]) -> None:
-    """Per-worker training loop (Ray Train's ``train_loop_per_worker``)."""
-    import ray.train
-
-    from skrd4ad.checkpoint import read_checkpoint
-    from skrd4ad.evaluate import evaluate
-    from skrd4ad.train import TrainConfig, fit
+    """Per-worker training loop (Ray Train's ``train_loop_per_worker``). Its work folder
+    goes when it ends, on failure too (a retried worker gets a new one)."""
+    from skrd4ad.atomic import temporary_dir
 
     threads = _set_torch_threads(config.get("threads"))
-    work = Path(tempfile.mkdtemp(prefix=f"skrd4ad-{config['train']['category']}-"))
+    with temporary_dir(prefix=f"skrd4ad-{config['train']['category']}-") as work:
+        _train_in(work, config, threads)
+
+
+def _train_in(work: Path, config: dict[str, Any], threads: int) -> None:
+    import ray.train
+
+    from skrd4ad.atomic import temporary_dir
+    from skrd4ad.checkpoint import read_checkpoint
+    from skrd4ad.train import TrainConfig, fit
+
     cfg = TrainConfig.from_dict({**config["train"], "out": str(work), "progress": False})
     checkpoint = ray.train.get_checkpoint()
     start_epoch = 0
@@ -56,11 +62,11 @@ def train_func(config: dict[str, Any]) -> None:
         if "checkpoint" not in metrics:
             ray.train.report(scalars)
             return
-        with tempfile.TemporaryDirectory(dir=work) as d:
-            _link(Path(metrics["checkpoint"]), Path(d) / "last.pt")
+        with temporary_dir(work, ".report-") as d:
+            link(Path(metrics["checkpoint"]), d / "last.pt")
             ray.train.report(
                 scalars,
-                checkpoint=ray.train.Checkpoint.from_directory(d),
+                checkpoint=ray.train.Checkpoint.from_directory(str(d)),
                 checkpoint_upload_fn=upload,
             )
         _maybe_crash(fault, int(metrics["epoch"]))
@@ -69,8 +75,19 @@ def train_func(config: dict[str, Any]) -> None:
     if ray.train.get_context().get_world_rank() != 0:
         # Only rank 0 holds model.pt; every worker must report the same number of times.
         ray.train.report({"final": 1.0})
-        shutil.rmtree(work, ignore_errors=True)
         return
+    extra = {"resumed_from_epoch": float(start_epoch), "torch_threads": float(threads)}
+    _report_final(work, cfg, result, config.get("overlays", 0), extra, upload)
+
+
+def _report_final(work: Path, cfg: Any, result: Any, overlays: int, extra: dict, upload) -> None:
+    """Evaluate the final model on the test split; report its metrics with a checkpoint of
+    model.pt, last.pt, the history and the evaluation folder."""
+    import ray.train
+
+    from skrd4ad.atomic import temporary_dir
+    from skrd4ad.evaluate import evaluate
+
     final = evaluate(
         result.model_path,
         Path(cfg.data),
@@ -78,28 +95,26 @@ def train_func(config: dict[str, Any]) -> None:
         work / "eval",
         layout=cfg.layout,
         device=cfg.device,
-        overlays=config.get("overlays", 0),
+        overlays=overlays,
         curves=True,
     )
-    with tempfile.TemporaryDirectory(dir=work) as d:
+    with temporary_dir(work, ".final-") as d:
         for name in ("model.pt", "last.pt", "train_history.json"):
-            _link(work / name, Path(d) / name)
-        shutil.copytree(work / "eval", Path(d) / "eval", copy_function=_link)
+            link(work / name, d / name)
+        shutil.copytree(work / "eval", d / "eval", copy_function=link)
         metrics = {k: (math.nan if final[k] is None else final[k]) for k in METRIC_KEYS}
         metrics["train_s"] = sum(h["epoch_s"] for h in result.history)
         metrics["images_per_s"] = result.history[-1]["images_per_s"]
         metrics["final"] = 1.0
-        metrics["resumed_from_epoch"] = float(start_epoch)
-        metrics["torch_threads"] = float(threads)
+        metrics.update(extra)
         ray.train.report(
             metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(d),
+            checkpoint=ray.train.Checkpoint.from_directory(str(d)),
             checkpoint_upload_fn=upload,
         )
-    shutil.rmtree(work, ignore_errors=True)
 
 
-def _link(src: Path, dst: Path) -> None:
+def link(src: Path, dst: Path) -> None:
     """Hard-link ``src`` to ``dst`` (a checkpoint is ~200 MB), else copy it. The source
     is replaced by rename, never rewritten in place, so the link stays valid."""
     try:
@@ -108,7 +123,7 @@ def _link(src: Path, dst: Path) -> None:
         if os.path.samefile(src, dst):  # a retried upload: already linked
             return
         os.unlink(dst)  # copying onto it would rewrite whatever else links to it
-        _link(src, dst)
+        link(src, dst)
     except OSError:  # another filesystem, or one without hard links
         shutil.copy2(src, dst)
 
@@ -149,7 +164,7 @@ def _link_upload(checkpoint: Any, dir_name: str) -> Any:
     if not Path(storage.experiment_fs_path).is_dir():
         return storage.persist_current_checkpoint(checkpoint, dir_name)
     dest = Path(storage.experiment_fs_path) / dir_name
-    shutil.copytree(checkpoint.path, dest, copy_function=_link, dirs_exist_ok=True)
+    shutil.copytree(checkpoint.path, dest, copy_function=link, dirs_exist_ok=True)
     return ray.train.Checkpoint(str(dest), filesystem=storage.storage_filesystem)
 
 
@@ -222,7 +237,7 @@ def fit_category(
     if dest.exists():
         shutil.rmtree(dest)
     if _local_fs(result.checkpoint.filesystem):
-        shutil.copytree(result.checkpoint.path, dest, copy_function=_link)
+        shutil.copytree(result.checkpoint.path, dest, copy_function=link)
     else:
         result.checkpoint.to_directory(str(dest))
     return {"category": category, "metrics": dict(result.metrics or {}), "dir": str(dest)}
