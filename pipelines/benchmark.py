@@ -28,7 +28,7 @@ from skrd4ad.errors import UserError
 from skrd4ad.fast_exit import skip_exit_gc
 from skrd4ad.results import METRIC_KEYS, json_text
 
-from .params import load_params, train_config
+from .params import load_params, params_key, train_config, validated
 from .ray_train import fit_category
 from .tracking import Tracker, git_commit
 
@@ -168,6 +168,15 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             f"{prepared / 'dataset.json'} is missing: run the prepare stage first "
             "(`dvc repro prepare` or `python -m pipelines.prepare`)"
         ) from exc
+    # Every category's settings are checked here, before Ray starts: a typo costs a second.
+    where = params_key(params)
+    configs = {
+        cat: validated(
+            train_config(params, str(Path(dataset["root"]).resolve()), cat, dataset["layout"]),
+            where,
+        )
+        for cat in dataset["categories"]
+    }
     ray_params, res = params["ray"], params["resources"]
     address = ray_params.get("address") or None
     _train_env(local=address is None)
@@ -203,10 +212,6 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     bench_name = f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = (RESULTS / "benchmark").resolve()
 
-    configs = {
-        cat: train_config(params, str(Path(dataset["root"]).resolve()), cat, dataset["layout"])
-        for cat in dataset["categories"]
-    }
     launchable.wait()
     t0 = time.perf_counter()
     done = _launch(

@@ -12,10 +12,11 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from skrd4ad.atomic import atomic_write_text
+from skrd4ad.atomic import atomic_write_text, make_dir
 from skrd4ad.data import list_categories, make_default_dataset, prepare_visa
 from skrd4ad.errors import UserError
 from skrd4ad.fast_exit import skip_exit_gc
@@ -35,11 +36,47 @@ def data_version(dvc_file: Path = Path("data.dvc")) -> str:
 
 
 def prepare(params: dict, out: Path = OUT) -> dict:
+    """Write ``out`` (prepared/): built in a new folder beside it, which replaces the old
+    one only when everything succeeded, so a failure keeps the last good output."""
     ds = params["dataset"]
+    if ds["name"] not in ("default", "visa") and not Path(ds["root"]).is_dir():
+        raise UserError(
+            f"dataset.root {ds['root']} does not exist: dvc pull data.dvc, or dvc add / "
+            "dvc import-url the dataset there (see README)"
+        )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    new = make_dir(out.parent, f".{out.name}.new-")
+    try:
+        info = _prepare_into(ds, params, new)
+        # Paths inside point at the new folder; they name the final one.
+        info["root"] = info["root"].replace(str(new), str(out), 1)
+        atomic_write_text(new / "dataset.json", json.dumps(info, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        new.rename(out)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+    return info
+
+
+def _check_categories(categories: Any, root: Path) -> list[str]:
+    available = list_categories(root)
+    if categories == "all":
+        return available
+    if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
+        raise UserError(f"dataset.categories must be 'all' or a list of names, got {categories!r}")
+    missing = [c for c in categories if c not in available]
+    if missing:
+        raise UserError(
+            f"dataset.categories: {', '.join(missing)} not found under {root} "
+            f"(available: {', '.join(available) or 'none'})"
+        )
+    return categories
+
+
+def _prepare_into(ds: dict, params: dict, out: Path) -> dict:
     name = ds["name"]
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     if name == "default":
         root = out / "default"
         manifest = make_default_dataset(root, **params.get("default_dataset", {}))
@@ -61,17 +98,15 @@ def prepare(params: dict, out: Path = OUT) -> dict:
     categories = ds.get("categories", "all")
     if name == "folder":  # the folder layout is one category: the folder itself
         categories, root = [root.name], root.parent
-    elif categories == "all":
-        categories = list_categories(root)
-    info = {
+    else:
+        categories = _check_categories(categories, root)
+    return {
         "name": name,
         "root": str(root),
         "layout": layout,
         "categories": categories,
         "data_version": version,
     }
-    atomic_write_text(out / "dataset.json", json.dumps(info, indent=2) + "\n")
-    return info
 
 
 def main() -> int:

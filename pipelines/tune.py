@@ -38,13 +38,13 @@ from typing import Any
 
 import yaml
 
-from skrd4ad.atomic import atomic_write_text
+from skrd4ad.atomic import atomic_write_text, make_dir, temporary_dir
 from skrd4ad.errors import UserError
 from skrd4ad.fast_exit import skip_exit_gc
 from skrd4ad.results import METRIC_KEYS
 
-from .params import PARAMS, load_params, train_config
-from .ray_train import scalar_metrics, storage_args
+from .params import PARAMS, load_params, params_key, train_config, validated
+from .ray_train import link, scalar_metrics, storage_args
 from .tune_space import SearchSpec, load_space, param_space, scheduler, search_algorithm
 
 LAST = "last.pt"
@@ -111,7 +111,7 @@ def trial_func(config: dict[str, Any], base: dict[str, Any]) -> None:
     if base.get("open_log"):
         _record_opens(root, base["open_log"])
     categories = base["categories"]
-    work = Path(tempfile.mkdtemp(prefix="skrd4ad-trial-"))
+    work = make_dir(prefix="skrd4ad-trial-")
     settings = {**base["train"], **config, "data": root, "progress": False}
     settings.update(val_every=1, checkpoint_every=1, select="last")
     restored = tune.get_checkpoint()
@@ -126,7 +126,7 @@ def trial_func(config: dict[str, Any], base: dict[str, Any]) -> None:
         for cat in categories:
             if (work / cat / LAST).is_file():
                 (Path(tmp) / cat).mkdir()
-                shutil.copy(work / cat / LAST, Path(tmp) / cat / LAST)
+                link(work / cat / LAST, Path(tmp) / cat / LAST)  # ~200 MB: linked, not copied
         return tune.Checkpoint.from_directory(tmp)
 
     def config_for(cat: str, epochs: int) -> TrainConfig:
@@ -141,7 +141,7 @@ def trial_func(config: dict[str, Any], base: dict[str, Any]) -> None:
             cat = categories[0]
 
             def report(metrics: dict[str, Any]) -> None:
-                with tempfile.TemporaryDirectory() as tmp:
+                with temporary_dir() as tmp:
                     ckpt = checkpoint_dir(tmp) if "checkpoint" in metrics else None
                     scalars = scalar_metrics(metrics)
                     scalars["trial_s"] = time.perf_counter() - started
@@ -166,7 +166,7 @@ def trial_func(config: dict[str, Any], base: dict[str, Any]) -> None:
             }
             mean.update({f"{c}/{k}": v for c, m in per_cat.items() for k, v in m.items()})
             mean["trial_s"] = time.perf_counter() - started
-            with tempfile.TemporaryDirectory() as tmp:
+            with temporary_dir() as tmp:
                 tune.report(mean, checkpoint=checkpoint_dir(tmp))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -220,6 +220,27 @@ def _categories(spec: SearchSpec, available: list[str]) -> list[str]:
     if unknown:
         raise UserError(f"{spec.path}: categories: {unknown} not in the dataset {available}")
     return list(spec.categories)
+
+
+def _validate_search(
+    spec: SearchSpec, params: dict[str, Any], base: dict[str, Any], categories: list[str]
+) -> None:
+    """Every trial's settings are valid TrainConfigs, checked once before Ray starts: the
+    base (params.yaml and the space's train section) for each category, and each value the
+    space can give a parameter (fixed values, choices, grid points, bounds)."""
+    in_params = params_key(params)
+
+    def where(name: str) -> str:
+        if name in spec.params:
+            return f"{spec.path}: params.{name}"
+        return f"{spec.path}: train.{name}" if name in spec.train else in_params(name)
+
+    for cat in categories:
+        validated({**base, "category": cat}, where)
+    for name, dist in spec.params.items():
+        values = next(iter(dist.values())) if isinstance(dist, dict) else [dist]
+        for value in values:
+            validated({**base, "category": categories[0], name: value}, where)
 
 
 def _ray_init(address: str | None) -> None:
@@ -381,12 +402,13 @@ def run(
     storage = storage or (params.get("tune") or {}).get("storage_path", "results/tune")
     storage = storage if "://" in storage else str(Path(storage).resolve())
     name = name or spec.name
-    _ray_init(address or params["ray"].get("address"))
-
     train_base = {k: v for k, v in train_config(params, root, "", dataset["layout"]).items()}
     train_base.pop("category")
     train_base.update(spec.train)
     train_base["epochs"] = spec.epochs
+    _validate_search(spec, params, train_base, categories)
+    _ray_init(address or params["ray"].get("address"))
+
     base_common = {
         "train": train_base,
         "open_log": open_log,

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .atomic import atomic_write
-from .errors import CheckpointError
+from .errors import CheckpointError, load_problem
 from .models import SKRD4AD, build_model
 
 FORMAT = "skrd4ad-checkpoint"
@@ -49,8 +49,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same here
         raise CheckpointError(
-            f"{path} is not an skrd4ad checkpoint (cannot be read by torch.load: "
-            f"{str(exc).splitlines()[0][:120]}); pass a .pt file written by skrd4ad train"
+            f"{path} is not an skrd4ad checkpoint ({load_problem(path, exc)}); pass a .pt file "
+            "written by skrd4ad train"
         ) from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(

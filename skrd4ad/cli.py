@@ -8,6 +8,7 @@ line and exit with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .fast_exit import skip_exit_gc
 from .results import json_text
 
@@ -97,7 +98,7 @@ def _add_runtime_flags(p: argparse.ArgumentParser, precision: str | None = "auto
         help="auto = bf16 autocast on CUDA and float32 on CPU; bf16 runs on a CPU only when "
         "named" + ("" if precision else " (default: the checkpoint's setting)"),
     )
-    p.add_argument("--batch-size", type=int, default=None, help="images per batch")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,7 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="torch.compile the bottleneck and decoder (compiles on the first step)",
     )
-    p.add_argument("--resume", action="store_true", help="resume from OUT/last.pt")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume from OUT/last.pt; changed settings apply from there on and are recorded",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the training run already in OUT"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = add("evaluate", "evaluate a checkpoint on the test split; writes OUT/metrics.json")
@@ -291,13 +299,86 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.
     for dest, value in values.items():
         action = actions[dest]
         action.required = False
-        if action.type is not None and not isinstance(value, list | bool):
-            try:
-                values[dest] = action.type(value) if value is not None else None
-            except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
-                raise UserError(f"config {path}: {dest}: {exc}") from exc
+        values[dest] = _config_value(action, value, f"config {path}: {dest}")
     subparser.set_defaults(**values)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # The settings the file decides (no flag overrode them), to name in their errors.
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    args.config_keys = {
+        d: f"config {path}: {d}" for d in values if not given & set(actions[d].option_strings)
+    }
+    return args
+
+
+def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
+    """A --config value as its flag would give it. The YAML type must fit the flag: a
+    number where a number is expected (1.5 is no epoch count, true is no number), a YAML
+    boolean for a switch (a quoted "false" is a string, and strings are true)."""
+    if value is None:
+        return None
+    if action.nargs == 0:  # a switch: store_true
+        if not isinstance(value, bool):
+            raise UserError(f"{where} must be true or false (unquoted), got {value!r}")
+        return value
+    if action.nargs is not None and action.nargs != "?":
+        items = value if isinstance(value, list) else [value]
+        if isinstance(action.nargs, int) and len(items) != action.nargs:
+            raise UserError(f"{where} must be a list of {action.nargs} values, got {value!r}")
+        return [_config_scalar(action, v, where) for v in items]
+    if isinstance(value, list | dict):
+        raise UserError(f"{where} must be a single value, got {value!r}")
+    return _config_scalar(action, value, where)
+
+
+def _config_scalar(action: argparse.Action, value: Any, where: str) -> Any:
+    kind = action.type
+    numeric = {int: (int,), _positive_int: (int,), float: (int, float)}.get(kind)
+    wrong = isinstance(value, bool) and kind is not _bool
+    if numeric and not isinstance(value, (*numeric, str)) or wrong:
+        expected = {int: "a whole number", float: "a number"}.get(numeric and numeric[-1], "")
+        raise UserError(f"{where} must be {expected or 'a string'}, got {value!r}")
+    if kind is _bool and not isinstance(value, bool):
+        raise UserError(f"{where} must be true or false (unquoted), got {value!r}")
+    try:
+        converted = kind(str(value)) if kind is not None and kind is not _bool else value
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(f"{where} {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        expected = "a whole number" if numeric == (int,) else "a number"
+        raise UserError(f"{where} must be {expected}, got {value!r}") from exc
+    if kind is None and not isinstance(converted, str):
+        converted = str(converted)
+    if action.choices is not None and converted not in action.choices:
+        raise UserError(
+            f"{where} must be one of {', '.join(map(str, action.choices))}; got {value!r}"
+        )
+    return converted
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+class Interrupted(Exception):
+    """Ctrl-C; the message says how to continue."""
+
+
+def _how_to_continue(out: Path, argv: list[str]) -> str:
+    from .checkpoint import read_checkpoint
+
+    last = out / "last.pt"
+    if not last.is_file():
+        return (
+            f"interrupted before the first checkpoint; run again: {shlex.join(['skrd4ad', *argv])}"
+        )
+    again = [a for a in argv if a != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
+    epoch = read_checkpoint(last)["epoch"]
+    return f"interrupted; {last} holds epoch {epoch}. Continue with: " + shlex.join(
+        ["skrd4ad", *again]
+    )
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
@@ -329,12 +410,19 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         val_every=args.val_every,
         select=args.select,
         resume=args.resume,
+        overwrite=args.overwrite,
         progress=not args.no_progress,
         cache_features=args.cache_features,
         augment=args.augment,
         compile=args.compile,
     )
-    result = fit(cfg)
+    try:
+        result = fit(cfg)
+    except ConfigError as exc:
+        where = getattr(args, "config_keys", {}).get(exc.field)
+        raise exc.named(where) if where else exc from None
+    except KeyboardInterrupt:
+        raise Interrupted(_how_to_continue(Path(cfg.out), args.argv)) from None
     return {
         "model": str(result.model_path),
         "epochs": result.epochs_run,
@@ -388,6 +476,7 @@ def _demo(args: argparse.Namespace) -> dict[str, Any]:
             checkpoint_every=max(1, args.epochs),
             val_every=max(1, args.epochs),
             val_fraction=0.25,
+            overwrite=True,  # the demo re-runs into the same folder
         )
         result = fit(cfg)
         m = evaluate(
@@ -412,6 +501,7 @@ def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _apply_config(parser, argv)
+    args.argv = argv
     if args.command == "make-dataset":
         from .data import make_default_dataset
 
@@ -483,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"skrd4ad: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Interrupted as exc:
+        print(f"skrd4ad: {exc}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("skrd4ad: interrupted", file=sys.stderr)
         return 130

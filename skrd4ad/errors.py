@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
+
 
 class UserError(Exception):
     """Bad input from the user: the message names the file or value and the fix."""
@@ -17,3 +20,30 @@ class CheckpointError(UserError):
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class ConfigError(UserError):
+    """A setting with a wrong type or value. ``field`` names it; ``problem`` says what is
+    wrong and how to fix it. Each front end names the setting its own way (a flag, a
+    ``--config`` key, a ``params.yaml`` key): the plain message uses the flag."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field, self.problem = field, problem
+        super().__init__(f"--{field.replace('_', '-')} {problem}")
+
+    def named(self, where: str) -> UserError:
+        """The same error naming the setting as ``where`` (e.g. ``params.yaml: train.epochs``)."""
+        return UserError(f"{where} {self.problem}")
+
+
+def load_problem(path: Path, exc: BaseException) -> str:
+    """What torch.load's failure on ``path`` means, in this project's words (torch's own
+    message is long, cut off, and names internals such as ``weights_only``)."""
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        return "it is not a file written by torch.save"
+    if "weights_only" in str(exc) or "Weights only" in str(exc):
+        return (
+            "it holds pickled Python objects besides tensors, and skrd4ad only loads "
+            "tensors (torch.load with weights_only)"
+        )
+    return "it is damaged or truncated (torch.load cannot read it)"

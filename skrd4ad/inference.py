@@ -15,6 +15,8 @@ from .data.images import normalize
 from .models import SKRD4AD
 from .models.fuse import fold_batchnorm
 
+DEVICES = ("auto", "cpu", "cuda")
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":

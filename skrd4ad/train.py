@@ -17,14 +17,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write_text, ensure_writable_dir
+from .atomic import atomic_write_text, ensure_writable_dir, remove_stale_temporaries
 from .checkpoint import read_checkpoint, save_checkpoint
-from .data import category_tensors, load_category
-from .errors import CheckpointError, TrainingDiverged, UserError
+from .data import LAYOUTS, category_tensors, load_category
+from .errors import CheckpointError, ConfigError, TrainingDiverged, UserError
 from .evaluate import best_f1_threshold, score_tensor_set
 from .feature_cache import MODES as CACHE_MODES
 from .feature_cache import build_cache, use_cache
 from .inference import (
+    DEVICES,
     PRECISIONS,
     THRESHOLD_PRECISION,
     autocast,
@@ -36,9 +37,10 @@ from .inference import (
     to_input,
 )
 from .losses import SKRD4ADLoss
-from .models import build_model
+from .models import BACKBONES, SKIP_TOPOLOGIES, build_model
 from .models.skrd4ad import Student
 from .results import json_text
+from .validation import check_choice, check_types
 
 Callback = Callable[[dict[str, Any]], None]
 LAST = "last.pt"
@@ -48,6 +50,11 @@ SELECT = ("last", "best-val")
 AUGMENT = ("none", "hflip")
 # Settings that change what a checkpoint's weights mean; resuming with others is an error.
 _FIXED_ON_RESUME = ("backbone", "skip", "image_size", "teacher_weights", "seed", "category")
+# Settings that choose the training images; resuming with others would train on another set.
+_FIXED_ON_RESUME += ("layout", "train_fraction", "val_fraction")
+# Bookkeeping, not training: a resume may change these without a record (the shared-scope
+# search resumes with one more epoch each time).
+_UNRECORDED_ON_RESUME = ("epochs", "resume", "overwrite", "progress", "out", "data")
 
 
 @dataclass
@@ -79,6 +86,7 @@ class TrainConfig:
     val_every: int = 10
     select: str = "last"
     resume: bool = False
+    overwrite: bool = False
     progress: bool = True
     eval_batch_size: int = 32
     # Teacher features once per image, reused every epoch (skrd4ad/feature_cache.py):
@@ -106,27 +114,63 @@ class TrainConfig:
         return cls(**d)
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "image_size", "checkpoint_every", "val_every"):
+        """Types, choices and ranges of every setting; a ConfigError names the first bad one.
+        Every front end (flags, --config, params.yaml, a tune space) builds a TrainConfig,
+        so this is where their values are checked, once, before any work starts."""
+        check_types(self)
+        for name in (
+            "epochs",
+            "batch_size",
+            "image_size",
+            "checkpoint_every",
+            "val_every",
+            "eval_batch_size",
+        ):
             if getattr(self, name) < 1:
-                raise UserError(
-                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
-                )
+                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
         if self.image_size % 32:
-            raise UserError(
-                f"--image-size must be a multiple of 32 (teacher stride), got {self.image_size}"
+            raise ConfigError(
+                "image_size",
+                f"must be a multiple of 32 (the teacher's stride), got "
+                f"{self.image_size}; e.g. {max(32, round(self.image_size / 32) * 32)}",
             )
-        for name in ("alpha", "beta", "gamma", "lr"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise UserError(f"--{name} must be a finite number >= 0, got {value}")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.cache_features not in CACHE_MODES:
-            raise UserError(
-                f"--cache-features must be one of {CACHE_MODES}, got {self.cache_features!r}"
+        for name in ("alpha", "beta", "gamma"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.alpha == self.beta == self.gamma == 0:
+            raise ConfigError(
+                "alpha",
+                "and --beta and --gamma are all 0: the loss would be 0 and nothing "
+                "would train; set at least one above 0 (published: beta 1, gamma 0.05)",
             )
-        if self.augment not in AUGMENT:
-            raise UserError(f"--augment must be one of {AUGMENT}, got {self.augment!r}")
+        if self.lr <= 0:
+            raise ConfigError("lr", f"must be above 0, got {self.lr}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError("betas", f"must both be in [0, 1), got {list(self.betas)}")
+        if not 0 < self.train_fraction < 1:
+            raise ConfigError("train_fraction", f"must be in (0, 1), got {self.train_fraction}")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        for name, choices in (
+            ("backbone", sorted(BACKBONES)),
+            ("skip", SKIP_TOPOLOGIES),
+            ("layout", LAYOUTS),
+            ("device", DEVICES),
+            ("precision", PRECISIONS),
+            ("cache_features", CACHE_MODES),
+            ("augment", AUGMENT),
+            ("select", SELECT),
+        ):
+            check_choice(name, getattr(self, name), choices)
+        if (
+            self.teacher_weights not in ("imagenet", "none")
+            and not Path(self.teacher_weights).is_file()
+        ):
+            raise ConfigError(
+                "teacher_weights",
+                f"{self.teacher_weights} is not a file; pass 'imagenet', "
+                "'none' (random weights) or the path of a torchvision state dict file",
+            )
         if self.cache_features == "on" and self.augment != "none":
             raise UserError(
                 "--cache-features on needs --augment none: augmented inputs change the "
@@ -146,6 +190,42 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     threshold: float | None = None
     val_metrics: dict[str, Any] | None = None
+
+
+def batch_bounds(n: int, batch: int) -> list[tuple[int, int]]:
+    """(start, stop) of each batch over ``n`` images. A trailing batch of one image joins
+    the one before: BatchNorm cannot train on one image whose features are 1x1 (the
+    bottleneck's at 32 px)."""
+    bounds = [(s, min(s + batch, n)) for s in range(0, n, batch)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def _resume_changes(state: dict, cfg: TrainConfig) -> dict[str, list[Any]]:
+    """The settings that differ from the checkpoint's, as {name: [old, new]}: each applies
+    from the resumed epoch on, and the checkpoint records it, so its config stays true."""
+    old, new = state.get("config", {}), cfg.to_dict()
+    return {
+        k: [old[k], new[k]]
+        for k in new
+        if k in old and old[k] != new[k] and k not in _UNRECORDED_ON_RESUME
+    }
+
+
+def _check_run_folder(out: Path, cfg: TrainConfig) -> None:
+    """A run folder that holds a run is continued (--resume) or replaced (--overwrite),
+    never overwritten silently."""
+    existing = [n for n in (LAST, BEST, MODEL) if (out / n).exists()]
+    if not existing or cfg.resume:
+        return
+    if not cfg.overwrite:
+        raise UserError(
+            f"{out} already holds a training run ({', '.join(existing)}); pass --resume to "
+            "continue it, --overwrite to replace it, or a new --out"
+        )
+    for name in (*existing, "train_history.json"):
+        (out / name).unlink(missing_ok=True)
 
 
 def _check_resume(state: dict, cfg: TrainConfig, path: Path) -> None:
@@ -172,7 +252,9 @@ def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
 
 
 def _fit(cfg: TrainConfig, callbacks: list[Callback]) -> TrainResult:
+    _check_run_folder(Path(cfg.out), cfg)
     out = ensure_writable_dir(Path(cfg.out))
+    remove_stale_temporaries(out)  # of a write a killed run never finished
     device = resolve_device(cfg.device)
     data = load_category(
         Path(cfg.data), cfg.category, cfg.layout, train_fraction=cfg.train_fraction, seed=cfg.seed
@@ -200,6 +282,7 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback]) -> TrainResult:
     loss_fn = SKRD4ADLoss(cfg.alpha, cfg.beta, cfg.gamma)
 
     start_epoch, history, best = 0, [], {"value": -math.inf, "epoch": None}
+    resumes: list[dict[str, Any]] = []
     last_path = out / LAST
     if cfg.resume:
         if not last_path.is_file():
@@ -212,8 +295,19 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback]) -> TrainResult:
         model.bottleneck.load_state_dict(state["bottleneck"])
         model.decoder.load_state_dict(state["decoder"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the optimizer state holds the old ones
+            group["lr"], group["betas"] = cfg.lr, cfg.betas
         start_epoch, history = state["epoch"], list(state.get("history", []))
         best = state.get("best", best)
+        resumes = list(state.get("resumes", []))
+        changed = _resume_changes(state, cfg)
+        if changed:
+            resumes.append({"epoch": start_epoch, "changed": changed})
+            if cfg.progress:
+                tqdm.write(
+                    f"resuming after epoch {start_epoch} with "
+                    + ", ".join(f"{k} {v[1]!r} (was {v[0]!r})" for k, v in changed.items())
+                )
 
     def checkpoint(path: Path, epoch: int) -> None:
         if rank != 0:  # one writer; every rank holds the same weights
@@ -226,6 +320,7 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback]) -> TrainResult:
             config=cfg.to_dict(),
             history=history,
             best=best,
+            resumes=resumes,
         )
 
     n = len(train_set)
@@ -260,12 +355,14 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback]) -> TrainResult:
         t0 = time.perf_counter()
         batch = max(1, cfg.batch_size // world)
         seen = len(order)
-        batches = range(0, seen, batch)
         bar = tqdm(
-            batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False
+            batch_bounds(seen, batch),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not cfg.progress,
+            leave=False,
         )
-        for step, start in enumerate(bar):
-            idx = order[start : start + batch]
+        for step, (start, stop) in enumerate(bar):
+            idx = order[start:stop]
             if cache is not None:
                 teacher = cache.batch(idx)
                 with autocast(device, cfg.precision):
@@ -285,7 +382,7 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback]) -> TrainResult:
             optimizer.step()
             values = torch.stack([loss, terms["l2"], terms["cosine"], terms["consistency"]])
             sums += values.detach().double() * len(idx)
-            if cfg.progress and (step % 10 == 0 or start + batch >= seen):
+            if cfg.progress and (step % 10 == 0 or stop >= seen):
                 done = start + len(idx)
                 bar.set_postfix(
                     loss=f"{float(sums[0]) / done:.4f}",
@@ -335,7 +432,7 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback]) -> TrainResult:
 
     if world > 1:
         torch.distributed.barrier()  # rank 0's last.pt is on disk before anyone reads it
-    return _finalise(cfg, out, model, val_set, history, best, device, rank)
+    return _finalise(cfg, out, model, val_set, history, best, device, rank, resumes)
 
 
 def _val_maps(
@@ -364,7 +461,7 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def _finalise(cfg, out, model, val_set, history, best, device, rank=0) -> TrainResult:
+def _finalise(cfg, out, model, val_set, history, best, device, rank=0, resumes=()) -> TrainResult:
     if rank != 0:
         return TrainResult(out, out / MODEL, len(history), history)
     source = out / (BEST if cfg.select == "best-val" and (out / BEST).exists() else LAST)
@@ -393,6 +490,7 @@ def _finalise(cfg, out, model, val_set, history, best, device, rank=0) -> TrainR
         threshold_precision=THRESHOLD_PRECISION if threshold is not None else None,
         val_metrics=val_metrics,
         selected_from=source.name,
+        resumes=list(resumes),
     )
     atomic_write_text(out / "train_history.json", _json(history))
     return TrainResult(out, model_path, len(history), history, threshold, val_metrics)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from skrd4ad.results import METRIC_KEYS
+
 BUCKET = "skrd4ad-test"
 
 
@@ -216,4 +218,4 @@ def test_tune_search_stores_trials_in_s3(s3, tmp_path):
     keys = [o["Key"] for o in listing.get("Contents", [])]
     assert any("/checkpoint_" in k and k.endswith("brick/last.pt") for k in keys), keys
     best = yaml.safe_load((tmp_path / "s3smoke-best.yaml").read_text())
-    assert set(best["best"]["brick"]["test"]) == {"image_auroc", "pixel_auroc", "aupro"}
+    assert set(best["best"]["brick"]["test"]) == set(METRIC_KEYS)

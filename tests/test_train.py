@@ -268,3 +268,46 @@ def test_threshold_is_chosen_on_float32_scores_and_predict_uses_them(
         tmp_path / "run" / "model.pt", [image], tmp_path / "q", overlays=False, precision="bf16"
     )
     assert "threshold was chosen on fp32 scores" in capsys.readouterr().err
+
+
+def test_resume_applies_a_changed_setting_and_records_it(small_dataset, tmp_path):
+    """--lr on resume used to be ignored (the optimizer state held the old one) while the
+    checkpoint recorded the new value."""
+    fit(tiny_config(small_dataset, tmp_path, epochs=2, val_fraction=0, lr=0.005))
+    fit(tiny_config(small_dataset, tmp_path, epochs=4, val_fraction=0, lr=0.001, resume=True))
+    state = read_checkpoint(tmp_path / "last.pt")
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [0.001]
+    assert state["config"]["lr"] == 0.001
+    assert state["resumes"] == [{"epoch": 2, "changed": {"lr": [0.005, 0.001]}}]
+    assert read_checkpoint(tmp_path / "model.pt")["resumes"] == state["resumes"]
+
+
+def test_resume_refuses_a_setting_that_changes_the_training_images(small_dataset, tmp_path):
+    fit(tiny_config(small_dataset, tmp_path, epochs=2, val_fraction=0.25))
+    with pytest.raises(CheckpointError, match="val_fraction=0.25, not 0.5"):
+        fit(tiny_config(small_dataset, tmp_path, epochs=3, val_fraction=0.5, resume=True))
+
+
+def test_a_run_folder_is_not_overwritten_without_overwrite(small_dataset, tmp_path):
+    from skrd4ad.errors import UserError
+
+    fit(tiny_config(small_dataset, tmp_path, epochs=2, select="best-val"))
+    assert (tmp_path / "best.pt").is_file()
+    before = (tmp_path / "model.pt").read_bytes()
+    with pytest.raises(UserError, match="already holds a training run.*--resume.*--overwrite"):
+        fit(tiny_config(small_dataset, tmp_path, epochs=1, val_fraction=0))
+    assert (tmp_path / "model.pt").read_bytes() == before
+    fit(tiny_config(small_dataset, tmp_path, epochs=1, val_fraction=0, overwrite=True))
+    assert not (tmp_path / "best.pt").exists()  # the old run's best.pt is gone with it
+    assert read_checkpoint(tmp_path / "model.pt")["epoch"] == 1
+
+
+def test_a_trailing_batch_of_one_image_trains(small_dataset, tmp_path):
+    """9 training images in batches of 4 leave one: at 32 px its bottleneck features are
+    1x1, on which BatchNorm cannot train; it joins the batch before."""
+    from skrd4ad.train import batch_bounds
+
+    assert batch_bounds(9, 4) == [(0, 4), (4, 9)]
+    assert batch_bounds(8, 4) == [(0, 4), (4, 8)] and batch_bounds(1, 4) == [(0, 1)]
+    result = fit(tiny_config(small_dataset, tmp_path, image_size=32, batch_size=4, epochs=1))
+    assert result.epochs_run == 1

@@ -167,6 +167,12 @@ def detect_layout(root: Path, category: str | None) -> str:
         return "folder"
     if category is not None and not cdir.exists():
         _category_dir(root, category)  # raises the missing-category error
+    if category is None and Path(root).is_dir() and list_categories(root):
+        found = list_categories(root)
+        raise DataError(
+            f"{root} holds categories ({', '.join(found)}): pass --category, e.g. "
+            f"--category {found[0]}"
+        )
     raise DataError(
         f"cannot tell the layout of {cdir}: expected train/good (MVTec AD, VAD) or good/ "
         "(folder layout); pass --layout"

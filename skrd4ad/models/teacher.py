@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torchvision import models
 
+from ..errors import UserError, load_problem
+
 # One builder per variant, as torchvision does; the value is (builder, weights enum).
 # IMAGENET1K_V1 is what the published code loaded (``pretrained=True``).
 BACKBONES: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum]] = {
@@ -26,7 +28,7 @@ BACKBONES: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum]] = 
 }
 
 
-class TeacherWeightsError(RuntimeError):
+class TeacherWeightsError(UserError):
     """ImageNet weights were asked for and cannot be had (no cache file, no network)."""
 
 
@@ -55,9 +57,9 @@ def _imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
         raise TeacherWeightsError(
             f"ImageNet weights for {backbone} are not available: torchvision looks for "
             f"{cache} (file name {cache.name}, directory set by TORCH_HOME) and could not "
-            f"download it ({type(exc).__name__}: {exc}). Fix: copy {cache.name} from "
-            f"{weights.url} into {cache.parent}, or pass --teacher-weights PATH with a "
-            "torchvision state dict file. Random weights are used only with "
+            f"download it ({type(exc).__name__}: {str(exc).splitlines()[0][:100]}). Fix: copy "
+            f"{cache.name} from {weights.url} into {cache.parent}, or pass --teacher-weights "
+            "PATH with a torchvision state dict file. Random weights are used only with "
             "--teacher-weights none."
         ) from exc
 
@@ -72,7 +74,8 @@ def _file_state_dict(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         raise TeacherWeightsError(
-            f"teacher weights file {path} is not a readable PyTorch state dict ({exc})"
+            f"teacher weights file {path} cannot be used: {load_problem(path, exc)}; pass a file "
+            "saved with torch.save(model.state_dict(), PATH)"
         ) from exc
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]

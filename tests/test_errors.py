@@ -1,0 +1,305 @@
+"""The error boundary: every user error ends in one line naming the file, key or value and
+the fix, with exit status 2, through the real console commands (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SKRD4AD = [sys.executable, "-m", "skrd4ad.cli"]
+
+
+def one_line_error(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
+    done = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, (done.returncode, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert lines and "error:" in lines[-1], done.stderr
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def work(small_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("errors")
+    (root / "text.pth").write_text("not a torch file\n")
+    torch.save(torch.nn.Linear(2, 2), root / "module.pth")  # a pickled module, no state dict
+    return root, small_dataset
+
+
+def train_cmd(data: Path, *extra: str) -> list[str]:
+    return [
+        *SKRD4AD,
+        "train",
+        "--data",
+        str(data),
+        "--category",
+        "brick",
+        "--out",
+        "run",
+        "--backbone",
+        "resnet18",
+        "--image-size",
+        "64",
+        "--epochs",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_default_imagenet_teacher_without_cached_weights(work):
+    root, data = work
+    line = one_line_error(
+        [
+            *SKRD4AD,
+            "train",
+            "--data",
+            str(data),
+            "--category",
+            "brick",
+            "--out",
+            "run",
+            "--backbone",
+            "resnet18",
+            "--image-size",
+            "64",
+            "--epochs",
+            "1",
+        ],
+        root,
+        env={"TORCH_HOME": str(root / "empty-torch-home")},
+    )
+    assert "resnet18-f37072fd.pth" in line and "--teacher-weights" in line
+
+
+@pytest.mark.parametrize(
+    ("weights", "expected"),
+    [
+        ("missing.pth", "missing.pth is not a file"),
+        ("text.pth", "text.pth cannot be used: it is not a file written by torch.save"),
+        ("module.pth", "module.pth cannot be used: it holds pickled Python objects"),
+    ],
+)
+def test_teacher_weights_file_problems(work, weights, expected):
+    root, data = work
+    line = one_line_error(train_cmd(data, "--teacher-weights", weights), root)
+    assert expected in line and "state_dict" in line or "state dict" in line
+
+
+CONFIG_CASES = {
+    "backbone: resnet9000": "config c.yaml: backbone must be one of resnet18",
+    "device: tpu": "config c.yaml: device must be one of auto, cpu, cuda; got 'tpu'",
+    'resume: "false"': "config c.yaml: resume must be true or false (unquoted), got 'false'",
+    'epochs: "ten"': "config c.yaml: epochs must be a whole number, got 'ten'",
+    "frobnicate: 1": "config c.yaml: unknown keys ['frobnicate']",
+    "epochs: 1.5": "config c.yaml: epochs must be a whole number, got 1.5",
+    "epochs: true": "config c.yaml: epochs must be a whole number, got True",
+    "batch_size: 0": "config c.yaml: batch_size must be at least 1, got 0",
+    "image_size: 33": "config c.yaml: image_size must be a multiple of 32",
+    "{alpha: 0, beta: 0, gamma: 0}": "alpha and --beta and --gamma are all 0",
+    "channels_last: 'no'": "config c.yaml: channels_last must be true or false (unquoted)",
+}
+
+
+@pytest.mark.parametrize("entry", sorted(CONFIG_CASES))
+def test_config_file_problems(work, entry):
+    root, data = work
+    config = {
+        "data": str(data),
+        "category": "brick",
+        "out": "run-config",
+        "backbone": "resnet18",
+        "teacher_weights": "none",
+        "image_size": 64,
+        "epochs": 1,
+    }
+    config.update(yaml.safe_load(entry if entry.startswith("{") else "{" + entry + "}"))
+    (root / "c.yaml").write_text(yaml.safe_dump(config))
+    line = one_line_error([*SKRD4AD, "train", "--config", "c.yaml", "--no-progress"], root)
+    assert CONFIG_CASES[entry] in line
+    assert not (root / "run-config").exists()  # nothing was started, nothing half-written
+
+
+def test_zero_batch_size_flag(work):
+    root, data = work
+    line = one_line_error(train_cmd(data, "--teacher-weights", "none", "--batch-size", "0"), root)
+    assert "--batch-size" in line and "at least 1" in line
+
+
+@pytest.fixture()
+def prepared(work, tmp_path):
+    """A project folder whose prepared/ names the small dataset, and a params.yaml."""
+    _, data = work
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "dataset.json").write_text(
+        json.dumps(
+            {"name": "default", "root": str(data), "layout": "auto", "categories": ["brick"]}
+        )
+    )
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"]["image_size"] = 33
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def test_benchmark_rejects_a_bad_params_value_before_ray_starts(prepared):
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.benchmark"],
+        cwd=prepared,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [
+        "benchmark: error: params.yaml: train.image_size must be a multiple of 32 (the "
+        "teacher's stride), got 33; e.g. 32"
+    ]
+    assert not (prepared / "results").exists()  # no Ray run, no result folder
+
+
+def test_search_rejects_a_bad_space_value_before_ray_starts(prepared):
+    space = yaml.safe_load((REPO / "tune_spaces" / "smoke.yaml").read_text())
+    space["train"]["batch_size"] = 0
+    (prepared / "space.yaml").write_text(yaml.safe_dump(space))
+    params = yaml.safe_load((prepared / "params.yaml").read_text())
+    params["train"]["image_size"] = 64
+    (prepared / "params.yaml").write_text(yaml.safe_dump(params))
+    line = one_line_error(
+        [sys.executable, "-m", "pipelines.tune", "--space", "space.yaml"],
+        prepared,
+        env={"PYTHONPATH": str(REPO)},
+    )
+    assert line == "tune: error: space.yaml: train.batch_size must be at least 1, got 0"
+    assert not (prepared / "results").exists()
+
+
+def test_training_into_a_used_run_folder(work, tmp_path):
+    _, data = work
+    cmd = train_cmd(data, "--teacher-weights", "none", "--out", str(tmp_path / "r"))
+    subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True, timeout=300)
+    line = one_line_error(cmd, tmp_path)
+    assert "already holds a training run" in line and "--resume" in line and "--overwrite" in line
+
+
+def test_a_huge_image_names_its_size_and_the_way_to_allow_it(work, tmp_path):
+    from PIL import Image
+
+    _, data = work
+    Image.new("1", (15000, 15000)).save(tmp_path / "huge.png")  # 225 Mpx, 27 kB on disk
+    model = tmp_path / "run" / "model.pt"
+    subprocess.run(
+        train_cmd(data, "--teacher-weights", "none", "--out", str(tmp_path / "run")),
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    line = one_line_error(
+        [*SKRD4AD, "predict", str(model), "huge.png", "--out", "p", "--no-overlays"], tmp_path
+    )
+    assert "huge.png has 225,000,000 pixels" in line
+    assert "SKRD4AD_MAX_IMAGE_PIXELS=225000000" in line
+
+
+def test_ctrl_c_of_train_names_the_resume_command(work, tmp_path):
+    import shlex
+    import signal
+    import time
+
+    _, data = work
+    cmd = train_cmd(
+        data,
+        "--teacher-weights",
+        "none",
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "500",
+        "--checkpoint-every",
+        "1",
+        "--val-fraction",
+        "0",
+    )
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "run" / "last.pt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    line = err.strip().splitlines()[-1]
+    assert "interrupted;" in line and "holds epoch" in line and line.endswith("--resume")
+    again = shlex.split(line.split("Continue with: ", 1)[1])
+    assert again[0] == "skrd4ad" and again[-1] == "--resume"
+    again[again.index("500")] = "2"  # finish soon
+    done = subprocess.run(
+        [*SKRD4AD, *again[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_missing_category_on_a_dataset_root_says_so(work, tmp_path):
+    _, data = work
+    line = one_line_error(
+        [
+            *SKRD4AD,
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            "run",
+            "--teacher-weights",
+            "none",
+            "--backbone",
+            "resnet18",
+            "--image-size",
+            "64",
+        ],
+        tmp_path,
+    )
+    assert "holds categories (brick, grass, gravel): pass --category" in line
+
+
+def prepare_params(tmp_path: Path, **dataset) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["dataset"].update(dataset)
+    params["default_dataset"].update(
+        image_size=32, crop_size=64, n_train=2, n_test_good=1, n_test_defect=1
+    )
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_prepare_keeps_the_last_good_output_and_checks_categories(tmp_path):
+    env = {"PYTHONPATH": str(REPO)}
+    prepare_params(tmp_path)
+    subprocess.run(
+        [sys.executable, "-m", "pipelines.prepare"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
+    good = (tmp_path / "prepared" / "dataset.json").read_text()
+    assert json.loads(good)["root"] == "prepared/default"
+    prepare_params(tmp_path, name="mvtec", root="no/such/folder")
+    line = one_line_error([sys.executable, "-m", "pipelines.prepare"], tmp_path, env)
+    assert "dataset.root no/such/folder does not exist" in line and "dvc pull" in line
+    prepare_params(tmp_path, categories=["brick", "brik"])
+    line = one_line_error([sys.executable, "-m", "pipelines.prepare"], tmp_path, env)
+    assert "dataset.categories: brik not found" in line and "available: brick" in line
+    assert (tmp_path / "prepared" / "dataset.json").read_text() == good
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
