@@ -29,7 +29,7 @@ from skrd4ad.fast_exit import skip_exit_gc
 from skrd4ad.results import METRIC_KEYS, json_text
 
 from .params import load_params, params_key, train_config, validated
-from .ray_train import fit_category
+from .ray_train import fit_category, start_ray
 from .tracking import Tracker, git_commit
 
 RESULTS = Path("results")
@@ -183,21 +183,15 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     launchable = threading.Event()
     preload = threading.Thread(target=_preload, args=(launchable,), name="preload", daemon=True)
     preload.start()
-    local_cluster = False
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address)
-        else:
-            # A local instance that ends with this driver. Its dashboard is off unless
-            # asked for (ray.dashboard): nothing in the stage needs it once Ray Train's
-            # placement-group cleaner, which asks its State API, is left out (see
-            # ray_train.trainer_class), and its processes cost CPU the categories need.
-            local_cluster = True
-            ray.init(
-                include_dashboard=bool(ray_params.get("dashboard", False)),
-                dashboard_host="127.0.0.1",
-                num_cpus=ray_params.get("num_cpus"),
-            )
+    # An own local instance ends with this driver. Its dashboard is off unless asked for
+    # (ray.dashboard): nothing in the stage needs it once Ray Train's placement-group
+    # cleaner, which asks its State API, is left out (see ray_train.trainer_class).
+    local_cluster = start_ray(
+        address,
+        include_dashboard=bool(ray_params.get("dashboard", False)),
+        dashboard_host="127.0.0.1",
+        num_cpus=ray_params.get("num_cpus"),
+    )
     gpus = _gpus_per_worker(res.get("gpus_per_worker", "auto"), ray.cluster_resources())
     num_workers = int(res.get("num_workers", 1))
     cpus = _cpus_per_worker(

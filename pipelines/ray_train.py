@@ -19,6 +19,27 @@ from typing import Any
 from skrd4ad.results import METRIC_KEYS
 
 
+def joins_cluster(address: str | None) -> bool:
+    """Whether start_ray connects to a cluster rather than starting an own Ray."""
+    return bool(address or os.environ.get("RAY_ADDRESS"))
+
+
+def start_ray(address: str | None, runtime_env: dict | None = None, **local: Any) -> bool:
+    """Connect to the cluster at ``address``; inside ``ray job submit`` (whose entrypoint
+    Ray gives RAY_ADDRESS) to the job's cluster; otherwise start a Ray of this driver's
+    own (``address="local"``), never one that another process started on this machine.
+    ``local`` are ray.init's settings for that own instance. Returns whether it is own."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if joins_cluster(address):
+        ray.init(address=address, runtime_env=runtime_env)
+        return False
+    ray.init(address="local", runtime_env=runtime_env, **local)
+    return True
+
+
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {
         k: float(v)

@@ -44,7 +44,7 @@ from skrd4ad.fast_exit import skip_exit_gc
 from skrd4ad.results import METRIC_KEYS
 
 from .params import PARAMS, load_params, params_key, train_config, validated
-from .ray_train import link, scalar_metrics, storage_args
+from .ray_train import joins_cluster, link, scalar_metrics, start_ray, storage_args
 from .tune_space import SearchSpec, load_space, param_space, scheduler, search_algorithm
 
 LAST = "last.pt"
@@ -243,22 +243,42 @@ def _validate_search(
             validated({**base, "category": categories[0], name: value}, where)
 
 
-def _ray_init(address: str | None) -> None:
-    import ray
+def _relative(location: str) -> bool:
+    """A local path (or sqlite/file URI) that is relative to the working folder."""
+    for scheme in ("sqlite:///", "file://"):
+        if location.startswith(scheme):
+            return not location[len(scheme) :].startswith("/")
+    return "://" not in location and not Path(location).is_absolute()
 
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"):
-        # Inside `ray job submit`: the job's runtime env (--runtime-env-json) already
-        # reaches every trial, and Ray refuses a second one that repeats its keys.
-        ray.init(address=address)
-        return
+
+def _check_cluster_outputs(storage: str, tracking_uri: str | None) -> None:
+    """On a cluster (``ray job submit``, ``ray.address``) the working folder is Ray's
+    temporary copy of it: relative outputs would vanish with the job, silently."""
+    problems = []
+    if _relative(storage):
+        problems.append(
+            f"the search storage {storage} is relative: pass --storage-path s3://bucket/prefix "
+            "(or an absolute path on a shared mount)"
+        )
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri
+    if uri and _relative(uri):
+        problems.append(
+            f"the MLflow tracking URI {uri} is relative: set MLFLOW_TRACKING_URI to a tracking "
+            "server (http://HOST:5000) or an absolute path"
+        )
+    if problems:
+        raise UserError(
+            "on a Ray cluster, results written under the job's working folder are lost with "
+            "it: " + "; ".join(problems)
+        )
+
+
+def _ray_init(address: str | None) -> None:
+    # Inside `ray job submit` the job's runtime env (--runtime-env-json) already reaches
+    # every trial, and Ray refuses a second one that repeats its keys.
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
-    runtime_env = {"env_vars": env} if env else None
-    if address:
-        ray.init(address=address, runtime_env=runtime_env)
-    else:
-        ray.init(include_dashboard=False, runtime_env=runtime_env)
+    in_job = bool(os.environ.get("RAY_ADDRESS"))
+    start_ray(address, {"env_vars": env} if env and not in_job else None, include_dashboard=False)
 
 
 def _gpu(value: Any) -> float:
@@ -400,6 +420,9 @@ def run(
     categories = _categories(spec, dataset["categories"])
     root = str(Path(dataset["root"]).resolve())
     storage = storage or (params.get("tune") or {}).get("storage_path", "results/tune")
+    address = address or params["ray"].get("address")
+    if joins_cluster(address):
+        _check_cluster_outputs(storage, params["mlflow"].get("tracking_uri"))
     storage = storage if "://" in storage else str(Path(storage).resolve())
     name = name or spec.name
     train_base = {k: v for k, v in train_config(params, root, "", dataset["layout"]).items()}
@@ -407,7 +430,7 @@ def run(
     train_base.update(spec.train)
     train_base["epochs"] = spec.epochs
     _validate_search(spec, params, train_base, categories)
-    _ray_init(address or params["ray"].get("address"))
+    _ray_init(address)
 
     base_common = {
         "train": train_base,

@@ -12,7 +12,7 @@ import torch
 
 from .atomic import atomic_write_text, ensure_writable_dir
 from .data.images import image_tensor, list_images
-from .errors import UserError
+from .errors import DataError, UserError
 from .inference import Predictor
 
 
@@ -75,24 +75,25 @@ def predict(
             f"no threshold: {checkpoint} recorded none (it was trained without a validation "
             "split); pass --threshold VALUE"
         )
-    paths = collect_images(inputs)
-    images = torch.stack([image_tensor(p, predictor.image_size) for p in paths])
-    maps, scores = predictor(images)
-    maps, scores = maps.cpu(), scores.cpu()
-    rows = [
-        {
-            "path": str(p),
-            "score": float(s),
-            "anomalous": "yes" if float(s) >= threshold else "no",
-            "threshold": threshold,
-        }
-        for p, s in zip(paths, scores, strict=True)
-    ]
-    if overlays:
+    paths, images, failed = _decode_all(collect_images(inputs), predictor.image_size)
+    rows = [{"path": str(p), "error": error} for p, error in failed.items()]
+    if paths:
+        maps, scores = predictor(torch.stack(images))
+        maps, scores = maps.cpu(), scores.cpu()
+        rows = [
+            {
+                "path": str(p),
+                "score": float(s),
+                "anomalous": "yes" if float(s) >= threshold else "no",
+                "threshold": threshold,
+            }
+            for p, s in zip(paths, scores, strict=True)
+        ] + rows
+    if overlays and paths:
         from .plots import overlay_png
 
         vmax = float(maps.max())
-        for i, (p, row) in enumerate(zip(paths, rows, strict=True)):
+        for i, (p, row) in enumerate(zip(paths, rows, strict=False)):
             title = f"{p}  score {row['score']:.4f}  anomalous: {row['anomalous']}"
             name = f"{i:04d}_{p.stem}.png"
             overlay_png(
@@ -106,10 +107,28 @@ def predict(
     buf = io.StringIO()
     writer = csv.DictWriter(
         buf,
-        fieldnames=["path", "score", "anomalous", "threshold", "overlay"],
+        fieldnames=["path", "score", "anomalous", "threshold", "overlay", "error"],
         extrasaction="ignore",
     )
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "predictions.csv", buf.getvalue())
+    if failed:
+        names = ", ".join(str(p) for p in failed)
+        raise UserError(
+            f"{len(failed)} of {len(rows)} images could not be read: {names}; the other "
+            f"{len(paths)} were scored, and {out / 'predictions.csv'} gives each error"
+        )
     return rows
+
+
+def _decode_all(paths: list[Path], size: int) -> tuple[list[Path], list[torch.Tensor], dict]:
+    """The images that decode, and the error of each one that does not."""
+    good, images, failed = [], [], {}
+    for p in paths:
+        try:
+            images.append(image_tensor(p, size))
+            good.append(p)
+        except DataError as exc:
+            failed[p] = str(exc)
+    return good, images, failed

@@ -303,3 +303,83 @@ def test_prepare_keeps_the_last_good_output_and_checks_categories(tmp_path):
     assert "dataset.categories: brik not found" in line and "available: brick" in line
     assert (tmp_path / "prepared" / "dataset.json").read_text() == good
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_predict_scores_the_good_images_and_names_every_bad_one(work, tmp_path):
+    import csv
+
+    _, data = work
+    subprocess.run(
+        train_cmd(data, "--teacher-weights", "none", "--out", str(tmp_path / "run")),
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for src in sorted((data / "brick" / "test" / "good").iterdir())[:2]:
+        (folder / src.name).write_bytes(src.read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    half = (data / "brick" / "test" / "good").iterdir().__next__().read_bytes()
+    (folder / "cut.png").write_bytes(half[: len(half) // 3])
+    line = one_line_error(
+        [
+            *SKRD4AD,
+            "predict",
+            str(tmp_path / "run" / "model.pt"),
+            str(folder),
+            "--out",
+            "p",
+            "--threshold",
+            "0.5",
+        ],
+        tmp_path,
+    )
+    assert "2 of 4 images could not be read" in line
+    assert "broken.png" in line and "cut.png" in line and "the other 2 were scored" in line
+    rows = list(csv.DictReader((tmp_path / "p" / "predictions.csv").open()))
+    assert len(rows) == 4
+    scored = [r for r in rows if r["score"]]
+    bad = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
+    assert len(scored) == 2 and set(bad) == {"broken.png", "cut.png"}
+    assert all("cannot read image" in e for e in bad.values())
+
+
+def test_search_on_a_cluster_refuses_relative_outputs(prepared):
+    """As a Ray job (RAY_ADDRESS, which Ray sets for a job's entrypoint), relative results
+    and a relative sqlite URI would land in Ray's temporary copy of the working folder."""
+    params = yaml.safe_load((prepared / "params.yaml").read_text())
+    params["train"]["image_size"] = 64
+    (prepared / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {"PYTHONPATH": str(REPO), "RAY_ADDRESS": "127.0.0.1:1"}
+    env_no_uri = {**env, "MLFLOW_TRACKING_URI": ""}
+    line = one_line_error(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.tune",
+            "--space",
+            str(REPO / "tune_spaces" / "smoke.yaml"),
+        ],
+        prepared,
+        env_no_uri,
+    )
+    assert "the search storage results/tune is relative: pass --storage-path" in line
+    assert (
+        "the MLflow tracking URI sqlite:///mlflow.db is relative: set MLFLOW_TRACKING_URI" in line
+    )
+    line = one_line_error(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.tune",
+            "--space",
+            str(REPO / "tune_spaces" / "smoke.yaml"),
+            "--storage-path",
+            "s3://bucket/tune",
+        ],
+        prepared,
+        {**env, "MLFLOW_TRACKING_URI": "sqlite:///rel.db"},
+    )
+    assert "--storage-path" not in line and "sqlite:///rel.db is relative" in line

@@ -248,7 +248,7 @@ def test_two_worker_ddp_matches_single_worker_in_expectation(small_dataset, tmp_
         "seed": 3,
         "device": "cpu",
     }
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         runs = {}
         for workers in (1, 2):

@@ -161,7 +161,7 @@ def test_ray_train_checkpoints_go_to_s3(s3, tmp_path, small_dataset):
         "checkpoint_every": 1,
         "device": "cpu",
     }
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env})
     try:
         outcome = fit_category(
             "gravel",
