@@ -261,6 +261,7 @@ def param_space(spec: SearchSpec) -> dict[str, Any]:
 
 
 def search_algorithm(spec: SearchSpec):
+    """The searcher, limited to ``spec.max_concurrent`` trials at a time."""
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     if spec.algorithm == "basic":

@@ -92,6 +92,11 @@ def test_smoke_search_finds_and_tests_a_best_config(smoke):
     assert set(brick["test"]) == set(METRIC_KEYS)
     assert all(0.0 <= v <= 1.0 for v in brick["test"].values())
     assert "best configs in" in done.stdout
+    # Tune's status table shows the objective (it shows a report's first four metrics), and
+    # the concurrency limit is given once, so Ray does not warn that one "will be ignored".
+    header = [line for line in done.stdout.splitlines() if "Trial name" in line][-1]
+    assert "val_aupro" in header
+    assert "will be ignored" not in done.stdout + done.stderr
 
 
 def test_search_never_opens_the_test_split(smoke):
