@@ -28,9 +28,10 @@ from skrd4ad.errors import UserError
 from skrd4ad.fast_exit import skip_exit_gc
 from skrd4ad.results import METRIC_KEYS, json_text
 
-from .params import load_params, params_key, train_config, validated
+from .params import load_params, train_config
 from .ray_train import fit_category, start_ray
 from .tracking import Tracker, git_commit
+from .validate import params_key, validated
 
 RESULTS = Path("results")
 METRICS = Path("metrics.json")

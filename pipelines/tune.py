@@ -43,9 +43,10 @@ from skrd4ad.errors import UserError
 from skrd4ad.fast_exit import skip_exit_gc
 from skrd4ad.results import METRIC_KEYS
 
-from .params import PARAMS, load_params, params_key, train_config, validated
+from .params import PARAMS, load_params, train_config
 from .ray_train import joins_cluster, link, scalar_metrics, start_ray, storage_args
 from .tune_space import SearchSpec, load_space, param_space, scheduler, search_algorithm
+from .validate import params_key, validated
 
 LAST = "last.pt"
 # Environment a submitted job hands on to its trials (ray job submit --runtime-env-json).
