@@ -334,7 +334,7 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback]) -> TrainResult:
             channels_last=cfg.channels_last,
             batch_size=cfg.eval_batch_size,
         )
-        if cfg.progress:
+        if cfg.progress and cache is not None:
             tqdm.write(
                 f"teacher features cached ({cache.where}, {cache.nbytes / 2**20:.0f} MiB) "
                 f"in {cache.build_s:.1f} s"

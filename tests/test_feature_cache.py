@@ -113,3 +113,38 @@ def test_channels_last_computes_what_contiguous_computes(small_dataset, tmp_path
         runs[name] = _history(tmp_path / name)
     for a, b in zip(runs["nhwc"], runs["nchw"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=2e-3), a["epoch"]
+
+
+def test_a_cache_that_does_not_fit_in_host_memory_falls_back(small_dataset, tmp_path, monkeypatch):
+    """The cache checks host memory before it allocates: when it would not fit, a warning
+    says how much it needs, and training recomputes the features."""
+    import skrd4ad.feature_cache as fc
+
+    monkeypatch.setattr(fc, "host_available", lambda: 1 << 20)  # 1 MiB
+    with pytest.warns(ResourceWarning, match=r"needs \d+ MiB of host memory, but 1 MiB"):
+        result = fit(tiny_config(small_dataset, tmp_path, epochs=1, val_fraction=0))
+    assert "teacher_cache_s" not in result.history[0]  # no cache was built
+
+
+def test_concurrent_caches_count_against_the_same_memory(small_dataset, monkeypatch, tmp_path):
+    """Another process's cache being built holds a reservation: the same request that fits
+    alone does not fit beside it."""
+    import subprocess
+    import sys
+
+    import skrd4ad.feature_cache as fc
+
+    monkeypatch.setattr(fc, "RESERVATIONS", tmp_path / "reservations.json")
+    monkeypatch.setattr(fc, "host_available", lambda: 100 << 20)
+    with fc.host_reservation(60 << 20) as problem:
+        assert problem is None
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "reservations.json").write_text(f'{{"{other.pid}": {40 << 20}}}')
+        with fc.host_reservation(60 << 20) as problem:
+            assert problem and "40 MiB is reserved by other caches" in problem
+    finally:
+        other.kill()
+        other.wait()
+    with fc.host_reservation(60 << 20) as problem:  # a dead process's reservation is dropped
+        assert problem is None
