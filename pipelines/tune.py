@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from skrd4ad.errors import UserError
 from skrd4ad.fast_exit import skip_exit_gc
 from skrd4ad.results import METRIC_KEYS
 
+from .lockstep import Lockstep
 from .params import PARAMS, load_params, train_config
 from .ray_train import joins_cluster, link, scalar_metrics, start_ray, storage_args
 from .tune_space import SearchSpec, load_space, param_space, scheduler, search_algorithm
@@ -153,13 +155,14 @@ def trial_func(config: dict[str, Any], base: dict[str, Any]) -> None:
                 return
             fit(cfg, callbacks=[report])
             return
-        # Shared config: categories advance in lockstep so that ASHA compares like with like.
-        done = min((_epoch_of(work / c / LAST) for c in categories), default=0)
-        for epoch in range(done + 1, epochs + 1):
-            per_cat: dict[str, dict[str, float]] = {}
-            for cat in categories:
-                history = fit(config_for(cat, epoch)).history
-                per_cat[cat] = scalar_metrics(history[-1])
+        # Shared config: categories advance in lockstep so that ASHA compares like with like;
+        # each keeps its state for the whole trial (pipelines/lockstep.py).
+        def every_epoch(cat: str, handback: Callable[[dict], None]) -> Any:
+            return fit(config_for(cat, epochs), callbacks=[handback])
+
+        fits = {cat: functools.partial(every_epoch, cat) for cat in categories}
+        for epoch_metrics in Lockstep(fits).run():
+            per_cat = {cat: scalar_metrics(m) for cat, m in epoch_metrics.items()}
             mean = {
                 k: sum(m[k] for m in per_cat.values()) / len(per_cat)
                 for k in per_cat[categories[0]]

@@ -450,6 +450,26 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def _predict(args: argparse.Namespace) -> dict[str, Any]:
+    from .predict import predict
+
+    rows = predict(
+        Path(args.checkpoint),
+        [Path(p) for p in args.inputs],
+        Path(args.out),
+        threshold=args.threshold,
+        overlays=not args.no_overlays,
+        device=args.device,
+        batch_size=args.batch_size or 32,
+        precision=args.precision,
+    )
+    return {
+        "predictions": str(Path(args.out) / "predictions.csv"),
+        "images": len(rows),
+        "anomalous": sum(r.get("anomalous") == "yes" for r in rows),
+    }
+
+
 def _demo(args: argparse.Namespace) -> dict[str, Any]:
     from .data import make_default_dataset
     from .data.default_dataset import DEFAULT_CATEGORIES
@@ -533,23 +553,7 @@ def run(argv: list[str] | None = None) -> int:
     elif args.command == "evaluate":
         result = _evaluate(args)
     elif args.command == "predict":
-        from .predict import predict
-
-        rows = predict(
-            Path(args.checkpoint),
-            [Path(p) for p in args.inputs],
-            Path(args.out),
-            threshold=args.threshold,
-            overlays=not args.no_overlays,
-            device=args.device,
-            batch_size=args.batch_size or 32,
-            precision=args.precision,
-        )
-        result = {
-            "predictions": str(Path(args.out) / "predictions.csv"),
-            "images": len(rows),
-            "anomalous": sum(r["anomalous"] == "yes" for r in rows),
-        }
+        result = _predict(args)
     elif args.command == "export":
         from .export import export
 

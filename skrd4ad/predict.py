@@ -90,20 +90,7 @@ def predict(
             for p, s in zip(paths, scores, strict=True)
         ] + rows
     if overlays and paths:
-        from .plots import overlay_png
-
-        vmax = float(maps.max())
-        for i, (p, row) in enumerate(zip(paths, rows, strict=False)):
-            title = f"{p}  score {row['score']:.4f}  anomalous: {row['anomalous']}"
-            name = f"{i:04d}_{p.stem}.png"
-            overlay_png(
-                out / "overlays" / name,
-                images[i].permute(1, 2, 0).numpy(),
-                maps[i].numpy(),
-                title,
-                vmax=vmax,
-            )
-            row["overlay"] = str(out / "overlays" / name)
+        _write_overlays(out, paths, images, maps, rows)
     buf = io.StringIO()
     writer = csv.DictWriter(
         buf,
@@ -132,3 +119,21 @@ def _decode_all(paths: list[Path], size: int) -> tuple[list[Path], list[torch.Te
         except DataError as exc:
             failed[p] = str(exc)
     return good, images, failed
+
+
+def _write_overlays(out: Path, paths: list[Path], images: list, maps: torch.Tensor, rows) -> None:
+    """One overlay PNG per scored image (the rows of scored images come first)."""
+    from .plots import overlay_png
+
+    vmax = float(maps.max())
+    for i, (p, row) in enumerate(zip(paths, rows, strict=False)):
+        title = f"{p}  score {row['score']:.4f}  anomalous: {row['anomalous']}"
+        name = f"{i:04d}_{p.stem}.png"
+        overlay_png(
+            out / "overlays" / name,
+            images[i].permute(1, 2, 0).numpy(),
+            maps[i].numpy(),
+            title,
+            vmax=vmax,
+        )
+        row["overlay"] = str(out / "overlays" / name)

@@ -118,21 +118,20 @@ class TrainConfig:
         Every front end (flags, --config, params.yaml, a tune space) builds a TrainConfig,
         so this is where their values are checked, once, before any work starts."""
         check_types(self)
-        for name in (
-            "epochs",
-            "batch_size",
-            "image_size",
-            "checkpoint_every",
-            "val_every",
-            "eval_batch_size",
-        ):
+        self._check_ranges()
+        self._check_choices()
+
+    def _check_ranges(self) -> None:
+        counts = ("epochs", "batch_size", "image_size", "checkpoint_every", "val_every")
+        for name in (*counts, "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
         if self.image_size % 32:
+            nearest = max(32, round(self.image_size / 32) * 32)
             raise ConfigError(
                 "image_size",
-                f"must be a multiple of 32 (the teacher's stride), got "
-                f"{self.image_size}; e.g. {max(32, round(self.image_size / 32) * 32)}",
+                f"must be a multiple of 32 (the teacher's stride), got {self.image_size}; "
+                f"e.g. {nearest}",
             )
         for name in ("alpha", "beta", "gamma"):
             if getattr(self, name) < 0:
@@ -151,6 +150,8 @@ class TrainConfig:
             raise ConfigError("train_fraction", f"must be in (0, 1), got {self.train_fraction}")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+
+    def _check_choices(self) -> None:
         for name, choices in (
             ("backbone", sorted(BACKBONES)),
             ("skip", SKIP_TOPOLOGIES),
@@ -162,22 +163,18 @@ class TrainConfig:
             ("select", SELECT),
         ):
             check_choice(name, getattr(self, name), choices)
-        if (
-            self.teacher_weights not in ("imagenet", "none")
-            and not Path(self.teacher_weights).is_file()
-        ):
+        weights = self.teacher_weights
+        if weights not in ("imagenet", "none") and not Path(weights).is_file():
             raise ConfigError(
                 "teacher_weights",
-                f"{self.teacher_weights} is not a file; pass 'imagenet', "
-                "'none' (random weights) or the path of a torchvision state dict file",
+                f"{weights} is not a file; pass 'imagenet', 'none' (random weights) or the "
+                "path of a torchvision state dict file",
             )
         if self.cache_features == "on" and self.augment != "none":
             raise UserError(
                 "--cache-features on needs --augment none: augmented inputs change the "
                 "teacher features every epoch (use auto to fall back to recomputing)"
             )
-        if self.select not in SELECT:
-            raise UserError(f"--select must be one of {SELECT}, got {self.select!r}")
         if self.select == "best-val" and self.val_fraction <= 0:
             raise UserError("--select best-val needs a validation split: set --val-fraction > 0")
 
