@@ -93,6 +93,21 @@ def f1_max(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
     return float(f1[best]), float(thresholds[best])
 
 
+def _pixel_inputs(
+    maps: ArrayLike, masks: ArrayLike, what: str
+) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    """Maps, 0/1 pixel labels on their device, and the defect-pixel count; None (with the
+    warning) when the pixels hold a single class."""
+    m, g = _tensor(maps, "maps"), _tensor(masks, "masks")
+    _check_same_shape(m, g, "maps and masks", 3)
+    _score_range(m)
+    target = (g.to(m.device) > 0).to(torch.int64)
+    positives = int(target.sum())
+    if _single_class(positives, target.numel(), what):
+        return None
+    return m, target, positives
+
+
 def pixel_auroc(
     maps: ArrayLike, masks: ArrayLike, *, tolerance: float = AUPRO_TOLERANCE, bins: int = AUPRO_BINS
 ) -> float:
@@ -102,13 +117,10 @@ def pixel_auroc(
     The ROC curve is the PRO curve of a single region holding every defect pixel, so it is
     computed as :func:`aupro` computes that curve, with the same guarantee.
     """
-    m, g = _tensor(maps, "maps"), _tensor(masks, "masks")
-    _check_same_shape(m, g, "maps and masks", 3)
-    _score_range(m)
-    target = (g.to(m.device) > 0).to(torch.int64)
-    n_defect = int(target.sum())
-    if _single_class(n_defect, target.numel(), "pixel AUROC"):
+    pixels = _pixel_inputs(maps, masks, "pixel AUROC")
+    if pixels is None:
         return float("nan")
+    m, target, n_defect = pixels
     region_weight = torch.tensor([0.0, 1.0 / n_defect], dtype=torch.float64, device=m.device)
     n_normal = target.numel() - n_defect
     value = _curve_area(m, target, region_weight, n_normal, 1.0, tolerance, bins)
@@ -127,13 +139,10 @@ def pixel_f1_max(
     FP0 the false positives at its start; the bins where that exceeds the best vertex by
     more than ``tolerance`` are evaluated over each of their distinct scores.
     """
-    m, g = _tensor(maps, "maps"), _tensor(masks, "masks")
-    _check_same_shape(m, g, "maps and masks", 3)
-    _score_range(m)
-    target = (g.to(m.device) > 0).to(torch.int64)
-    positives = int(target.sum())
-    if _single_class(positives, target.numel(), "pixel F1-max"):
+    pixels = _pixel_inputs(maps, masks, "pixel F1-max")
+    if pixels is None:
         return float("nan")
+    m, target, positives = pixels
     count = torch.tensor([0.0, 1.0], dtype=torch.float64, device=m.device)  # pro = TP
 
     def f1(fp: torch.Tensor, tp: torch.Tensor) -> torch.Tensor:

@@ -59,26 +59,7 @@ def train_cmd(data: Path, *extra: str) -> list[str]:
 
 def test_default_imagenet_teacher_without_cached_weights(work):
     root, data = work
-    line = one_line_error(
-        [
-            *SKRD4AD,
-            "train",
-            "--data",
-            str(data),
-            "--category",
-            "brick",
-            "--out",
-            "run",
-            "--backbone",
-            "resnet18",
-            "--image-size",
-            "64",
-            "--epochs",
-            "1",
-        ],
-        root,
-        env={"TORCH_HOME": str(root / "empty-torch-home")},
-    )
+    line = one_line_error(train_cmd(data), root, env={"TORCH_HOME": str(root / "empty-torch-home")})
     assert "resnet18-f37072fd.pth" in line and "--teacher-weights" in line
 
 
@@ -353,32 +334,20 @@ def test_search_on_a_cluster_refuses_relative_outputs(prepared):
     params["train"]["image_size"] = 64
     (prepared / "params.yaml").write_text(yaml.safe_dump(params))
     env = {"PYTHONPATH": str(REPO), "RAY_ADDRESS": "127.0.0.1:1"}
-    env_no_uri = {**env, "MLFLOW_TRACKING_URI": ""}
-    line = one_line_error(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.tune",
-            "--space",
-            str(REPO / "tune_spaces" / "smoke.yaml"),
-        ],
-        prepared,
-        env_no_uri,
-    )
+    smoke = [
+        sys.executable,
+        "-m",
+        "pipelines.tune",
+        "--space",
+        str(REPO / "tune_spaces" / "smoke.yaml"),
+    ]
+    line = one_line_error(smoke, prepared, {**env, "MLFLOW_TRACKING_URI": ""})
     assert "the search storage results/tune is relative: pass --storage-path" in line
     assert (
         "the MLflow tracking URI sqlite:///mlflow.db is relative: set MLFLOW_TRACKING_URI" in line
     )
     line = one_line_error(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.tune",
-            "--space",
-            str(REPO / "tune_spaces" / "smoke.yaml"),
-            "--storage-path",
-            "s3://bucket/tune",
-        ],
+        [*smoke, "--storage-path", "s3://bucket/tune"],
         prepared,
         {**env, "MLFLOW_TRACKING_URI": "sqlite:///rel.db"},
     )
