@@ -102,9 +102,11 @@ def predict(
     atomic_write_text(out / "predictions.csv", buf.getvalue())
     if failed:
         names = ", ".join(str(p) for p in failed)
+        first = next(iter(failed.values()))
         raise UserError(
             f"{len(failed)} of {len(rows)} images could not be read: {names}; the other "
-            f"{len(paths)} were scored, and {out / 'predictions.csv'} gives each error"
+            f"{len(paths)} were scored, and {out / 'predictions.csv'} gives each error "
+            f"(the first: {first})"
         )
     return rows
 
