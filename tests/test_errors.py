@@ -352,3 +352,41 @@ def test_search_on_a_cluster_refuses_relative_outputs(prepared):
         {**env, "MLFLOW_TRACKING_URI": "sqlite:///rel.db"},
     )
     assert "--storage-path" not in line and "sqlite:///rel.db is relative" in line
+
+
+def test_dvc_repro_shows_the_stage_error_line(tmp_path):
+    """Through `dvc repro`: the benchmark stage's one line names the params.yaml key (DVC
+    then reports that the stage exited with 2, and exits with its own status)."""
+    import shutil
+
+    pytest.importorskip("dvc")
+    for item in ("pipelines", "skrd4ad", "dvc.yaml", "data.dvc", ".dvc/config", ".dvcignore"):
+        (tmp_path / item).parent.mkdir(parents=True, exist_ok=True)
+        if (REPO / item).is_dir():
+            shutil.copytree(REPO / item, tmp_path / item, ignore=shutil.ignore_patterns("__py*"))
+        else:
+            shutil.copy(REPO / item, tmp_path / item)
+    prepare_params(tmp_path)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["train"]["image_size"] = 33
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tmp_path),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"],
+    ):
+        subprocess.run(cmd, cwd=tmp_path, check=True, env=env, capture_output=True)
+    (tmp_path / "data").mkdir()
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "commit", "-f", "-q", "data.dvc"], cwd=tmp_path, check=True, env=env)
+    done = subprocess.run(
+        [*dvc, "repro"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "benchmark: error: params.yaml: train.image_size must be a multiple of 32" in done.stderr
+    assert "exited with 2" in done.stderr
