@@ -16,11 +16,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# The dataset root data.dvc tracks: pulled from the DVC remote when one is configured;
-# on a fresh clone without one it is the empty root, re-committed to the local cache.
+# A dataset versioned with `dvc add data` (data.dvc): pulled from the DVC remote. The
+# embedded default dataset needs none: the prepare stage makes it.
 data: setup
-	mkdir -p data
-	$(VENV)/bin/dvc pull -q data.dvc 2>/dev/null || { [ -z "$$(ls -A data)" ] && $(VENV)/bin/dvc commit -f -q data.dvc; }
+	if [ -f data.dvc ]; then $(VENV)/bin/dvc pull -q data.dvc; fi
 
 # The full benchmark (params.yaml): every category through Ray Train, tracked in MLflow.
 demo: data

@@ -1,8 +1,10 @@
 """DVC stage 'prepare': make the embedded default dataset, or convert VisA to MVTec layout.
 
-MVTec AD, VAD and folder datasets are used in place from ``dataset.root`` (the folder
-``data.dvc`` tracks); the stage records where the benchmark reads them in
-``prepared/dataset.json`` together with the data version (the md5 in data.dvc).
+MVTec AD, VAD and folder datasets are used in place from ``dataset.root`` (a folder that
+``dvc add`` versions, e.g. ``data`` with ``data.dvc``); the stage records where the
+benchmark reads them in ``prepared/dataset.json`` together with the data version (the md5
+in data.dvc). The stage depends on ``dataset.root`` (dvc.yaml), so a new version of the
+data re-runs it; for the default dataset the root is the code that makes it.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ def _check_categories(categories: Any, root: Path) -> list[str]:
         return available
     if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
         raise UserError(f"dataset.categories must be 'all' or a list of names, got {categories!r}")
+    if not available:
+        raise UserError(
+            f"dataset.root {root} holds no categories (folders with train/good): set "
+            "dataset.root to the dataset folder, e.g. data"
+        )
     missing = [c for c in categories if c not in available]
     if missing:
         raise UserError(

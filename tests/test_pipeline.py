@@ -23,7 +23,6 @@ COPY = [
     "skrd4ad",
     "dvc.yaml",
     "params.yaml",
-    "data.dvc",
     ".dvc/config",
     ".dvcignore",
     ".gitignore",
@@ -71,9 +70,6 @@ def project(tmp_path_factory):
         ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"],
     ):
         sh(cmd, root, env)
-    # what `make data` does on a fresh clone without a DVC remote
-    (root / "data").mkdir()
-    sh([sys.executable, "-m", "dvc", "commit", "-f", "-q", "data.dvc"], root, env)
     done = sh([sys.executable, "-m", "dvc", "repro"], root, env)
     repro_log(root).write_text(done.stdout + done.stderr)
     return root, env
@@ -366,3 +362,28 @@ def test_single_worker_backend_config_loads_without_torch():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_dvc_repro_works_in_a_fresh_clone(tmp_path):
+    """The natural first command of a DVC user, with no `make data` and no remote: the
+    default dataset's root is the code that makes it, so nothing is missing."""
+    src = tmp_path / "src"
+    for item in COPY:
+        dst = src / item
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if (REPO / item).is_dir():
+            shutil.copytree(REPO / item, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPO / item, dst)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(tmp_path / "clone"),
+    }
+    sh(["git", "init", "-q"], src, env)
+    sh(["git", "add", "-A"], src, env)
+    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], src, env)
+    sh(["git", "clone", "-q", str(src), str(tmp_path / "clone")], tmp_path, env)
+    done = sh([sys.executable, "-m", "dvc", "repro", "prepare"], tmp_path / "clone", env)
+    assert "missing" not in done.stdout + done.stderr
+    assert (tmp_path / "clone" / "prepared" / "dataset.json").is_file()
