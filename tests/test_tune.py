@@ -335,3 +335,16 @@ def test_bad_space_fails_before_any_trial(tmp_path):
     # Failed before Ray started: no cluster, no dataset, no Tune state.
     assert "Ray" not in done.stdout + done.stderr
     assert not (root / "store").exists() and not (root / "prepared").exists()
+
+
+def test_an_optuna_search_is_limited_to_max_concurrent_trials():
+    """The space's max_concurrent reaches Optuna through Ray's ConcurrencyLimiter, the one
+    limit (TuneConfig gets none, so Ray warns of nothing ignored)."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    from pipelines.tune_space import search_algorithm
+
+    spec = load_space(Path(__file__).resolve().parents[1] / "tune_spaces" / "loss_weights.yaml")
+    assert spec.algorithm == "optuna" and spec.max_concurrent == 4
+    searcher = search_algorithm(spec)
+    assert isinstance(searcher, ConcurrencyLimiter) and searcher.max_concurrent == 4
