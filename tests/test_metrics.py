@@ -282,7 +282,7 @@ def test_reported_bound_holds_on_coarse_bins(seed, limit):
     maps, masks = random_case(seed, n=6, size=24, levels=None if seed % 2 else 8)
     if seed % 3 == 0:  # defects bunched at the top of a narrow band
         maps = np.where(masks > 0, rng.uniform(0.5, 0.52, maps.shape), maps).astype(np.float32)
-    m, labels, weight, n_normal = _regions(torch.from_numpy(maps), torch.from_numpy(masks), "x")
+    m, labels, weight, n_normal, _ = _regions(torch.from_numpy(maps), torch.from_numpy(masks), "x")
     exact = _area(*_pro_curve_exact(m, labels, weight, n_normal), limit)[0]
     normal, pro = _Histogram(m, labels, weight, int(rng.choice([16, 64, 256]))).curve()
     value, bound = _area(normal.double() / n_normal, pro, limit)
