@@ -174,19 +174,25 @@ def test_training_into_a_used_run_folder(work, tmp_path):
     assert "already holds a training run" in line and "--resume" in line and "--overwrite" in line
 
 
-def test_a_huge_image_names_its_size_and_the_way_to_allow_it(work, tmp_path):
-    from PIL import Image
-
+@pytest.fixture(scope="module")
+def model(work, tmp_path_factory) -> Path:
+    """A model trained through the command line, for the predict cases."""
     _, data = work
-    Image.new("1", (15000, 15000)).save(tmp_path / "huge.png")  # 225 Mpx, 27 kB on disk
-    model = tmp_path / "run" / "model.pt"
+    out = tmp_path_factory.mktemp("model")
     subprocess.run(
-        train_cmd(data, "--teacher-weights", "none", "--out", str(tmp_path / "run")),
-        cwd=tmp_path,
+        train_cmd(data, "--teacher-weights", "none", "--out", str(out)),
+        cwd=out,
         check=True,
         capture_output=True,
         timeout=300,
     )
+    return out / "model.pt"
+
+
+def test_a_huge_image_names_its_size_and_the_way_to_allow_it(model, tmp_path):
+    from PIL import Image
+
+    Image.new("1", (15000, 15000)).save(tmp_path / "huge.png")  # 225 Mpx, 27 kB on disk
     line = one_line_error(
         [*SKRD4AD, "predict", str(model), "huge.png", "--out", "p", "--no-overlays"], tmp_path
     )
@@ -286,17 +292,10 @@ def test_prepare_keeps_the_last_good_output_and_checks_categories(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_predict_scores_the_good_images_and_names_every_bad_one(work, tmp_path):
+def test_predict_scores_the_good_images_and_names_every_bad_one(work, model, tmp_path):
     import csv
 
     _, data = work
-    subprocess.run(
-        train_cmd(data, "--teacher-weights", "none", "--out", str(tmp_path / "run")),
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
     folder = tmp_path / "images"
     folder.mkdir()
     for src in sorted((data / "brick" / "test" / "good").iterdir())[:2]:
@@ -308,7 +307,7 @@ def test_predict_scores_the_good_images_and_names_every_bad_one(work, tmp_path):
         [
             *SKRD4AD,
             "predict",
-            str(tmp_path / "run" / "model.pt"),
+            str(model),
             str(folder),
             "--out",
             "p",
