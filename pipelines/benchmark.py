@@ -25,7 +25,6 @@ from typing import Any
 
 from skrd4ad.atomic import atomic_write_text
 from skrd4ad.errors import UserError
-from skrd4ad.fast_exit import skip_exit_gc
 from skrd4ad.results import METRIC_KEYS, json_text
 
 from .params import load_params, train_config
@@ -244,16 +243,10 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     )
     tracker.start(bench_name, params, tags)
     outcomes: dict[str, dict[str, Any]] = {}
-    stopping = None
     for _ in configs:
         outcome = done.get()
         cat = outcome["category"]
         outcomes[cat] = outcome
-        if local_cluster and len(outcomes) == len(configs):
-            # Ray's shutdown mostly waits for its processes to exit (1-3 s): let it run
-            # while MLflow logs the last category, instead of at interpreter exit.
-            stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
-            stopping.start()
         if "error" in outcome:
             print(f"benchmark: {cat} failed: {outcome['error']}", file=sys.stderr)
             continue
@@ -306,13 +299,12 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     atomic_write_text(plots / "per_category.csv", _csv(bar_rows, ["category", *METRIC_KEYS]))
     atomic_write_text(plots / "loss.csv", _csv(loss_rows, ["category", "epoch", "loss"]))
     tracker.finish(metrics, METRICS)
-    if stopping is not None:
-        stopping.join()
+    if local_cluster:
+        ray.shutdown()  # an own local instance: end it now, not at interpreter exit
     return metrics
 
 
 def main() -> int:
-    skip_exit_gc()
     warnings.simplefilter("default")
     # Ray Train copies Ray Data's context into every trainer, which reads deprecated fields.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.data")

@@ -21,7 +21,6 @@ import yaml
 from skrd4ad.atomic import atomic_write_text, make_dir
 from skrd4ad.data import list_categories, make_default_dataset, prepare_visa
 from skrd4ad.errors import UserError
-from skrd4ad.fast_exit import skip_exit_gc
 
 from .params import load_params
 
@@ -117,7 +116,6 @@ def _prepare_into(ds: dict, params: dict, out: Path) -> dict:
 
 
 def main() -> int:
-    skip_exit_gc()
     try:
         info = prepare(load_params())
     except UserError as exc:

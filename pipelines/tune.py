@@ -41,7 +41,6 @@ import yaml
 
 from skrd4ad.atomic import atomic_write_text, make_dir, temporary_dir
 from skrd4ad.errors import UserError
-from skrd4ad.fast_exit import skip_exit_gc
 from skrd4ad.results import METRIC_KEYS
 
 from .lockstep import Lockstep
@@ -308,9 +307,8 @@ class SearchInterrupted(UserError):
 def _unfinished(grid: Any, spec: SearchSpec) -> int:
     """Trials not yet ended: Tune returns normally from an interrupted fit(), with trials
     still pending or running, and trials a lazy searcher had not created yet."""
-    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
-    open_ = sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
-    return max(open_, spec.expected_trials - len(trials))
+    open_ = len(grid) - grid.num_terminated - grid.num_errors
+    return max(open_, spec.expected_trials - len(grid))
 
 
 def _trial_name(label: str, trial: Any) -> str:
@@ -608,7 +606,6 @@ def write_params(summary: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    skip_exit_gc()
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.tune", description=__doc__.split("\n\n")[0]
     )

@@ -17,7 +17,6 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, UserError
-from .fast_exit import skip_exit_gc
 from .results import json_text
 
 EXIT_USER_ERROR = 2
@@ -570,7 +569,6 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:  #
 
 
 def main(argv: list[str] | None = None) -> int:
-    skip_exit_gc()
     warnings.formatwarning = _one_line_warning
     try:
         return run(argv)
