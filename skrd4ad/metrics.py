@@ -101,7 +101,6 @@ def _pixel_inputs(
     warning) when the pixels hold a single class."""
     m, g = _tensor(maps, "maps"), _tensor(masks, "masks")
     _check_same_shape(m, g, "maps and masks", 3)
-    _score_range(m)
     target = (g.to(m.device) > 0).to(torch.int64)
     positives = int(target.sum())
     if _single_class(positives, target.numel(), what):
@@ -229,6 +228,7 @@ def _pro_curve_exact(
     maps: torch.Tensor, labels: torch.Tensor, region_weight: torch.Tensor, n_normal: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # One point per distinct threshold: sort descending, cumulate, keep the last of ties.
+    _score_range(maps)  # finite scores, as the histogram checks them
     scores = maps.flatten().to(_score_dtype(maps))
     lab = labels.flatten()
     order = torch.argsort(scores, descending=True)
@@ -419,7 +419,6 @@ def aupro(
         value = _curve_area(m, labels, region_weight, n_normal, fpr_limit, tolerance, bins, defects)
         if value is not None:
             return value
-    _score_range(m)
     fpr, pro = _pro_curve_exact(m, labels, region_weight, n_normal)
     return _area(fpr, pro, fpr_limit)[0]
 
