@@ -10,7 +10,6 @@ others finish, and the stage exits non-zero naming the failed categories.
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import json
 import math
@@ -93,46 +92,13 @@ def _fault_injection() -> dict[str, Any] | None:
 
 
 def _train_env(local: bool) -> None:
-    """Ray Train settings for this driver; the driver's Ray Train variables reach the
-    controllers and workers (Ray propagates them), and a user's setting always wins.
-
-    Each saves measured fixed cost per category (benchmarks/bench_pipeline.py):
-    - the controller polls its workers every 2 s by default, and a category's run waits up
-      to that long at each state change: 0.5 s saved about 4 s per category here;
-    - on a local cluster (no ``ray.address``) nothing can be preempted and nothing scrapes
-      Ray Train's Prometheus metrics, so the preemption watcher (one more actor process
-      per category) and the metrics callbacks are off there;
-    - on a local cluster OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE) instead of
-      spinning, so that workers may run more torch threads than their CPU share
-      (``_threads_per_worker``).
-    """
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    """On a local cluster OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE) instead
+    of spinning, so that workers may run more torch threads than their CPU share
+    (``_threads_per_worker``). Every Ray process this driver starts inherits it, and
+    OpenMP reads it when torch loads, so it is set before any worker starts; a user's
+    setting wins."""
     if local:
-        # Inherited by every Ray process this driver starts; read by OpenMP when torch
-        # loads, so it must be in the environment before any worker starts.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        # Ray starts spare workers for the first driver; every actor of Ray Train here
-        # has its own runtime environment and cannot use them (2 idle processes saved).
-        os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
-
-
-def _preload(launchable: threading.Event) -> None:
-    """Import what the driver needs once Ray is up while ``ray.init`` mostly waits for
-    Ray's processes to start: about 3 s of imports off the critical path. Ray Train's
-    TorchTrainer (with torch) and the backend config first, which the launch needs; then
-    MLflow and the model code, which only the logging of a finished category needs, so
-    they load while the categories' controllers and workers start. A failure is left to
-    the real import to report."""
-    launch = ("ray.train.torch", "pipelines.ray_backend")
-    for name in (*launch, "mlflow", "skrd4ad.checkpoint"):
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001, S110
-            pass
-        if name == launch[-1]:
-            launchable.set()
 
 
 def _launch(fits: dict[str, dict[str, Any]]) -> queue.Queue:
@@ -180,15 +146,11 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     ray_params, res = params["ray"], params["resources"]
     address = ray_params.get("address") or None
     _train_env(local=address is None)
-    launchable = threading.Event()
-    preload = threading.Thread(target=_preload, args=(launchable,), name="preload", daemon=True)
-    preload.start()
-    # An own local instance ends with this driver. Its dashboard is off unless asked for
-    # (ray.dashboard): nothing in the stage needs it once Ray Train's placement-group
-    # cleaner, which asks its State API, is left out (see ray_train.trainer_class).
+    # An own local instance ends with this driver. Its dashboard serves Ray Train's
+    # placement-group cleaner (the State API) and the user, on this machine only.
     local_cluster = start_ray(
         address,
-        include_dashboard=bool(ray_params.get("dashboard", False)),
+        include_dashboard=True,
         dashboard_host="127.0.0.1",
         num_cpus=ray_params.get("num_cpus"),
     )
@@ -206,7 +168,6 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     bench_name = f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = (RESULTS / "benchmark").resolve()
 
-    launchable.wait()
     t0 = time.perf_counter()
     done = _launch(
         {
@@ -222,7 +183,6 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
                 dest=out_dir / cat,
                 fault=_fault_injection(),
                 storage_endpoint=ray_params.get("storage_endpoint"),
-                local_cluster=local_cluster,
                 threads=threads,
             )
             for cat, cfg in configs.items()

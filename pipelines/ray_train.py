@@ -9,7 +9,6 @@ evaluation folder and the training history.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import shutil
@@ -75,8 +74,6 @@ def _train_in(work: Path, config: dict[str, Any], threads: int) -> None:
                 cfg.resume = True
                 start_epoch = int(read_checkpoint(work / "last.pt")["epoch"])
     fault = config.get("fault") or {}
-    storage_fs = ray.train.get_context().get_storage().storage_filesystem
-    upload = _link_upload if _local_fs(storage_fs) else None
 
     def report(metrics: dict[str, Any]) -> None:
         scalars = scalar_metrics(metrics)
@@ -85,11 +82,7 @@ def _train_in(work: Path, config: dict[str, Any], threads: int) -> None:
             return
         with temporary_dir(work, ".report-") as d:
             link(Path(metrics["checkpoint"]), d / "last.pt")
-            ray.train.report(
-                scalars,
-                checkpoint=ray.train.Checkpoint.from_directory(str(d)),
-                checkpoint_upload_fn=upload,
-            )
+            ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(str(d)))
         _maybe_crash(fault, int(metrics["epoch"]))
 
     result = fit(cfg, callbacks=[report])
@@ -98,10 +91,10 @@ def _train_in(work: Path, config: dict[str, Any], threads: int) -> None:
         ray.train.report({"final": 1.0})
         return
     extra = {"resumed_from_epoch": float(start_epoch), "torch_threads": float(threads)}
-    _report_final(work, cfg, result, config.get("overlays", 0), extra, upload)
+    _report_final(work, cfg, result, config.get("overlays", 0), extra)
 
 
-def _report_final(work: Path, cfg: Any, result: Any, overlays: int, extra: dict, upload) -> None:
+def _report_final(work: Path, cfg: Any, result: Any, overlays: int, extra: dict) -> None:
     """Evaluate the final model on the test split; report its metrics with a checkpoint of
     model.pt, last.pt, the history and the evaluation folder."""
     import ray.train
@@ -128,11 +121,7 @@ def _report_final(work: Path, cfg: Any, result: Any, overlays: int, extra: dict,
         metrics["images_per_s"] = result.history[-1]["images_per_s"]
         metrics["final"] = 1.0
         metrics.update(extra)
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(str(d)),
-            checkpoint_upload_fn=upload,
-        )
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(d)))
 
 
 def link(src: Path, dst: Path) -> None:
@@ -159,34 +148,6 @@ def _set_torch_threads(wanted: int | None) -> int:
     if wanted and os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
         torch.set_num_threads(max(1, min(int(wanted), len(os.sched_getaffinity(0)))))
     return torch.get_num_threads()
-
-
-def _local_fs(fs: Any) -> bool:
-    """Whether a Ray Train storage or checkpoint filesystem (pyarrow) is one this node sees
-    as files (local disk or a shared mount), not an object store."""
-    import pyarrow.fs
-
-    return isinstance(fs, pyarrow.fs.LocalFileSystem)
-
-
-def _link_upload(checkpoint: Any, dir_name: str) -> Any:
-    """``checkpoint_upload_fn`` for local or shared-mount storage: hard-link the files into
-    the run's checkpoint folder instead of Ray's default byte copy (pyarrow copy_files).
-
-    Why: a last.pt is ~200 MB (teacher, student and optimizer state), reported every
-    ``checkpoint_every`` epochs per category; copying it blocked the training loop and
-    doubled the disk writes of a run. The files are never rewritten in place (replaced by
-    rename), so a link is as safe as a copy. Where the experiment folder is not on this
-    node, Ray's own upload runs and raises its error about unreachable storage.
-    """
-    import ray.train
-
-    storage = ray.train.get_context().get_storage()
-    if not Path(storage.experiment_fs_path).is_dir():
-        return storage.persist_current_checkpoint(checkpoint, dir_name)
-    dest = Path(storage.experiment_fs_path) / dir_name
-    shutil.copytree(checkpoint.path, dest, copy_function=link, dirs_exist_ok=True)
-    return ray.train.Checkpoint(str(dest), filesystem=storage.storage_filesystem)
 
 
 def _maybe_crash(fault: dict[str, Any], epoch: int) -> None:
@@ -216,22 +177,20 @@ def fit_category(
     dest: Path,
     fault: dict[str, Any] | None = None,
     storage_endpoint: str | None = None,
-    local_cluster: bool = False,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Run one category's TorchTrainer; copy its final checkpoint to ``dest``.
-    ``local_cluster``: Ray was started by this process and ends with it. ``threads``:
+    ``threads``:
     torch intra-op threads per worker (None: Ray's default)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-
-    from .ray_backend import torch_config
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     resources = {"CPU": cpus_per_worker}
     if gpus_per_worker:
         resources["GPU"] = gpus_per_worker
-    trainer = trainer_class(local_cluster)(
+    trainer = TorchTrainer(
         train_func,
-        torch_config=torch_config(num_workers),
+        torch_config=TorchConfig(),
         train_loop_config={
             "train": train_config,
             "overlays": overlays,
@@ -257,43 +216,8 @@ def fit_category(
         return {"category": category, "error": "training finished without a final checkpoint"}
     if dest.exists():
         shutil.rmtree(dest)
-    if _local_fs(result.checkpoint.filesystem):
-        shutil.copytree(result.checkpoint.path, dest, copy_function=link)
-    else:
-        result.checkpoint.to_directory(str(dest))
+    result.checkpoint.to_directory(str(dest))
     return {"category": category, "metrics": dict(result.metrics or {}), "dir": str(dest)}
-
-
-# Ray Train V2 callbacks that start an actor process per TorchTrainer.fit which this
-# pipeline never uses: DatasetsCallback's DatasetManager serves Ray Datasets (skrd4ad reads
-# its images itself), and PlacementGroupCleanerCallback's cleaner frees a crashed
-# controller's placement group on a cluster that outlives it (a local Ray instance ends
-# with this driver). Measured on the 2-core quick start: the two actors took 4-5 CPU-s per
-# category, and leaving them out with the dashboard (which only the cleaner needed) saved
-# 20 of 130 CPU-s (BENCHMARKS.md). Upstream, ray-project/ray#65447 shares one cleaner.
-_UNUSED_CALLBACKS = {"DatasetsCallback"}
-_UNUSED_LOCAL_CALLBACKS = {"PlacementGroupCleanerCallback"}
-
-
-@functools.cache
-def trainer_class(local_cluster: bool) -> type:
-    """TorchTrainer without the callbacks above (without the cleaner only on a local
-    cluster, and only when no Ray Datasets are passed). Ray has no public switch for its
-    default callbacks, so this overrides the private
-    ``DataParallelTrainer._create_default_callbacks``; if Ray renames the method or the
-    callbacks, nothing is dropped and the trainer is Ray's own (tested)."""
-    from ray.train.torch import TorchTrainer
-
-    drop = _UNUSED_CALLBACKS | (_UNUSED_LOCAL_CALLBACKS if local_cluster else set())
-
-    class SKRD4ADTorchTrainer(TorchTrainer):
-        def _create_default_callbacks(self) -> list:
-            callbacks = super()._create_default_callbacks()
-            if self.datasets:
-                return callbacks
-            return [cb for cb in callbacks if type(cb).__name__ not in drop]
-
-    return SKRD4ADTorchTrainer
 
 
 def storage_args(path: str, endpoint: str | None) -> dict[str, Any]:
