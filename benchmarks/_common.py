@@ -36,7 +36,7 @@ def training_setup(model: torch.nn.Module, dev: torch.device) -> tuple:
     import dataclasses
 
     from skrd4ad.inference import prepare_model
-    from skrd4ad.losses import SKRD4ADLoss
+    from skrd4ad.models.reverse_distillation.loss import SKRD4ADLoss
     from skrd4ad.train import TrainConfig
 
     # TrainConfig's own defaults, not copies of them, so the benchmark follows fit.

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import model_parser, training_setup, write_result  # noqa: E402
 
 from skrd4ad import build_model  # noqa: E402
-from skrd4ad.anomaly_map import anomaly_map, image_score  # noqa: E402
 from skrd4ad.data.images import normalize  # noqa: E402
 from skrd4ad.inference import autocast, predict_maps, prepare_model, to_input  # noqa: E402
-from skrd4ad.losses import SKRD4ADLoss  # noqa: E402
+from skrd4ad.models.reverse_distillation.anomaly_map import anomaly_map, image_score  # noqa: E402
+from skrd4ad.models.reverse_distillation.loss import SKRD4ADLoss  # noqa: E402
 
 
 class PublishedStyleTeacher(torch.nn.Module):

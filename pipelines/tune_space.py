@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from skrd4ad.errors import UserError
-from skrd4ad.models.skip import SKIP_TOPOLOGIES
+from skrd4ad.models.reverse_distillation.components.skip import SKIP_TOPOLOGIES
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "grid")
 ALGORITHMS = ("optuna", "basic")

@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .anomaly_map import anomaly_map, image_score
 from .atomic import atomic_output
 from .data.images import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UserError
-from .models.skrd4ad import SKRD4AD
+from .models.reverse_distillation.anomaly_map import anomaly_map, image_score
+from .models.reverse_distillation.torch_model import SKRD4AD
 
 FORMATS = ("torchscript", "onnx")
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}

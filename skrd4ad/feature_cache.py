@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .inference import autocast, to_input
-from .models.skrd4ad import SKRD4AD
+from .models.reverse_distillation.torch_model import SKRD4AD
 
 MODES = ("auto", "on", "off")
 # Share of the free GPU memory the cache may take; the rest is for training itself.

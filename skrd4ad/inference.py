@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from .anomaly_map import anomaly_map, image_score
 from .data.images import normalize
 from .models import SKRD4AD
-from .models.fuse import fold_batchnorm
+from .models.reverse_distillation.anomaly_map import anomaly_map, image_score
+from .models.reverse_distillation.components.fuse import fold_batchnorm
 
 DEVICES = ("auto", "cpu", "cuda")
 

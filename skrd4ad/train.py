@@ -36,9 +36,9 @@ from .inference import (
     resolve_precision,
     to_input,
 )
-from .losses import SKRD4ADLoss
 from .models import BACKBONES, SKIP_TOPOLOGIES, build_model
-from .models.skrd4ad import Student
+from .models.reverse_distillation.loss import SKRD4ADLoss
+from .models.reverse_distillation.torch_model import Student
 from .results import json_text
 from .validation import check_choice, check_types
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from skrd4ad.anomaly_map import anomaly_map, gaussian_blur, image_score
-from skrd4ad.losses import SKRD4ADLoss
+from skrd4ad.models.reverse_distillation.anomaly_map import anomaly_map, gaussian_blur, image_score
+from skrd4ad.models.reverse_distillation.loss import SKRD4ADLoss
 
 
 @pytest.mark.parametrize("shape", [(3, 64, 64), (2, 5, 40), (1, 256, 256)])

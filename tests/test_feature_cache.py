@@ -85,7 +85,7 @@ def test_compiled_student_trains_like_eager(small_dataset, tmp_path):
 
 
 def test_channels_last_computes_what_contiguous_computes(small_dataset, tmp_path):
-    from skrd4ad.losses import SKRD4ADLoss
+    from skrd4ad.models.reverse_distillation.loss import SKRD4ADLoss
 
     torch.manual_seed(0)
     model = build_model("resnet18", "none", "sk").train()

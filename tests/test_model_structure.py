@@ -7,8 +7,8 @@ import torch
 
 from skrd4ad import build_model
 from skrd4ad.models import SKIP_TOPOLOGIES, TeacherWeightsError, build_teacher, imagenet_cache_file
-from skrd4ad.models.published import UNUSED_BOTTLENECK_PREFIXES
-from skrd4ad.models.skip import resolve_skip
+from skrd4ad.models.reverse_distillation.components.skip import resolve_skip
+from skrd4ad.models.reverse_distillation.published_weights import UNUSED_BOTTLENECK_PREFIXES
 
 UNUSED_PARAMS = 4096 * 2048 + 2 * 2048  # conv4 (1x1, 4096 -> 2048) and bn4 weight/bias
 
@@ -103,8 +103,8 @@ def test_skip_topologies_are_data():
 
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
 def test_batchnorm_folding_keeps_outputs(backbone):
-    from skrd4ad.anomaly_map import anomaly_map
-    from skrd4ad.models.fuse import fold_batchnorm
+    from skrd4ad.models.reverse_distillation.anomaly_map import anomaly_map
+    from skrd4ad.models.reverse_distillation.components.fuse import fold_batchnorm
 
     torch.manual_seed(0)
     model = build_model(backbone, teacher_weights="none").eval()

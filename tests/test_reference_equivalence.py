@@ -6,9 +6,14 @@ import pytest
 import torch
 
 from skrd4ad import build_model
-from skrd4ad.anomaly_map import anomaly_map, image_score
-from skrd4ad.losses import SKRD4ADLoss, consistency_loss, cosine_loss, l2_loss
 from skrd4ad.models import load_published_state
+from skrd4ad.models.reverse_distillation.anomaly_map import anomaly_map, image_score
+from skrd4ad.models.reverse_distillation.loss import (
+    SKRD4ADLoss,
+    consistency_loss,
+    cosine_loss,
+    l2_loss,
+)
 
 RTOL = ATOL = 1e-4
 

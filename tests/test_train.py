@@ -9,8 +9,8 @@ from conftest import tiny_config
 from skrd4ad.checkpoint import load_model, read_checkpoint, save_checkpoint
 from skrd4ad.errors import CheckpointError, TrainingDiverged
 from skrd4ad.evaluate import evaluate
-from skrd4ad.losses import SKRD4ADLoss
 from skrd4ad.models import BACKBONES, SKIP_TOPOLOGIES, build_model
+from skrd4ad.models.reverse_distillation.loss import SKRD4ADLoss
 from skrd4ad.results import METRIC_KEYS, PIXEL_KEYS
 from skrd4ad.train import fit
 

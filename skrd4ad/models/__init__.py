@@ -1,24 +1,6 @@
-"""SK-RD4AD modules: teacher, bottleneck (OCBE), decoder and skip topologies."""
+"""The models skrd4ad trains, one folder each (anomalib's layout); SK-RD4AD is the one."""
 
-from .bottleneck import OCBE
-from .decoder import Decoder
-from .published import load_published_state
-from .skip import SKIP_TOPOLOGIES, resolve_skip
-from .skrd4ad import ARCHS, SKRD4AD, build_model
-from .teacher import BACKBONES, Teacher, TeacherWeightsError, build_teacher, imagenet_cache_file
+from . import reverse_distillation
+from .reverse_distillation import *  # noqa: F403 - the package's public names
 
-__all__ = [
-    "ARCHS",
-    "BACKBONES",
-    "OCBE",
-    "SKIP_TOPOLOGIES",
-    "SKRD4AD",
-    "Decoder",
-    "Teacher",
-    "TeacherWeightsError",
-    "build_model",
-    "build_teacher",
-    "imagenet_cache_file",
-    "load_published_state",
-    "resolve_skip",
-]
+__all__ = reverse_distillation.__all__

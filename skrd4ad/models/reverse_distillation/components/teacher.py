@@ -9,23 +9,14 @@ and the published encoder weights load unchanged.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision import models
 
-from ..errors import UserError, load_problem
-
-# One builder per variant, as torchvision does; the value is (builder, weights enum).
-# IMAGENET1K_V1 is what the published code loaded (``pretrained=True``).
-BACKBONES: dict[str, tuple[Callable[..., models.ResNet], models.WeightsEnum]] = {
-    "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1),
-    "resnet34": (models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1),
-    "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1),
-    "wide_resnet50_2": (models.wide_resnet50_2, models.Wide_ResNet50_2_Weights.IMAGENET1K_V1),
-}
+from ....errors import UserError, load_problem
+from ..backbones import backbone as lookup
 
 
 class TeacherWeightsError(UserError):
@@ -34,21 +25,13 @@ class TeacherWeightsError(UserError):
 
 def imagenet_cache_file(backbone: str) -> Path:
     """The file torchvision's weights API reads from (and downloads to) for ``backbone``."""
-    _, weights = _lookup(backbone)
+    weights = lookup(backbone).weights
     filename = os.path.basename(weights.url)
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
-def _lookup(backbone: str) -> tuple[Callable[..., models.ResNet], models.WeightsEnum]:
-    if backbone not in BACKBONES:
-        raise ValueError(
-            f"unknown backbone {backbone!r}; choose one of {', '.join(sorted(BACKBONES))}"
-        )
-    return BACKBONES[backbone]
-
-
 def _imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
-    _, weights = _lookup(backbone)
+    weights = lookup(backbone).weights
     cache = imagenet_cache_file(backbone)
     try:
         # torchvision reads the hub cache when the file is there and downloads otherwise.
@@ -123,7 +106,7 @@ def build_teacher(
     ``"none"`` (random, for tests) or a path to a state dict. ImageNet weights that cannot
     be had raise :class:`TeacherWeightsError`; random weights are never a fallback.
     """
-    builder, _ = _lookup(backbone)
+    builder = lookup(backbone).builder
     trunk = builder(weights=None)
     if isinstance(weights, str) and weights == "imagenet":
         state = _imagenet_state_dict(backbone)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .skrd4ad import SKRD4AD
+from .torch_model import SKRD4AD
 
 UNUSED_BOTTLENECK_PREFIXES = ("conv4.", "bn4.")
 

@@ -3,35 +3,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from .bottleneck import OCBE
-from .decoder import DeBasicBlock, DeBottleneck, Decoder
-from .skip import resolve_skip
-from .teacher import BACKBONES, Teacher, build_teacher
-
-
-@dataclass(frozen=True)
-class _Arch:
-    block: type
-    de_block: type
-    bn_layers: int
-    de_layers: tuple[int, int, int]
-    width_per_group: int
-
-
-# Mirrors of the published model per backbone (RD4AD's resnet.py / de_resnet.py).
-ARCHS: dict[str, _Arch] = {
-    "resnet18": _Arch(BasicBlock, DeBasicBlock, 2, (2, 2, 2), 64),
-    "resnet34": _Arch(BasicBlock, DeBasicBlock, 2, (3, 4, 6), 64),
-    "resnet50": _Arch(Bottleneck, DeBottleneck, 3, (3, 4, 6), 64),
-    "wide_resnet50_2": _Arch(Bottleneck, DeBottleneck, 3, (3, 4, 6), 128),
-}
-assert set(ARCHS) == set(BACKBONES)
+from .backbones import backbone as lookup
+from .components.bottleneck import OCBE
+from .components.decoder import Decoder
+from .components.skip import resolve_skip
+from .components.teacher import Teacher, build_teacher
 
 
 class Student(nn.Module):
@@ -97,10 +77,10 @@ def build_model(
     Args:
         backbone: one of ``resnet18``, ``resnet34``, ``resnet50``, ``wide_resnet50_2``.
         teacher_weights: ``"imagenet"``, ``"none"`` (random, tests only) or a state dict path.
-        skip: a name from :data:`skrd4ad.models.skip.SKIP_TOPOLOGIES` or a mapping.
+        skip: a name from :data:`skrd4ad.models.SKIP_TOPOLOGIES` or a mapping.
     """
     teacher = build_teacher(backbone, teacher_weights)
-    arch = ARCHS[backbone]
+    arch = lookup(backbone)
     bottleneck = OCBE(arch.block, arch.bn_layers, arch.width_per_group)
     decoder = Decoder(arch.de_block, arch.de_layers, arch.width_per_group)
     return SKRD4AD(teacher, bottleneck, decoder, skip)
