@@ -29,24 +29,24 @@ def model_parser(doc: str | None) -> argparse.ArgumentParser:
     return ap
 
 
-def training_setup(model: torch.nn.Module, dev: torch.device) -> tuple:
-    """The production training set-up (skrd4ad.train.fit's defaults): channels_last model on
-    ``dev``, Adam over bottleneck and decoder, the SK-RD4AD loss, student in train mode.
-    Returns (model, optimizer, loss_fn)."""
-    import dataclasses
+def training_module(args: argparse.Namespace, **settings: object) -> tuple:
+    """The production training set-up: the Config's defaults but for the benchmark's
+    flags, and the model's own hooks (skrd4ad.models.reverse_distillation.hooks), so that a
+    benchmark times the training step fit runs. Returns (module, optimizer, runtime)."""
+    from skrd4ad.config import Config
+    from skrd4ad.models.reverse_distillation.hooks import ReverseDistillation
+    from skrd4ad.runtime import Runtime
 
-    from skrd4ad.inference import prepare_model
-    from skrd4ad.models.reverse_distillation.loss import SKRD4ADLoss
-    from skrd4ad.train import TrainConfig
-
-    # TrainConfig's own defaults, not copies of them, so the benchmark follows fit.
-    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    model = prepare_model(model, dev, default["channels_last"])
-    params = [*model.bottleneck.parameters(), *model.decoder.parameters()]
-    opt = torch.optim.Adam(params, lr=default["lr"], betas=default["betas"])
-    model.bottleneck.train()
-    model.decoder.train()
-    return model, opt, SKRD4ADLoss()
+    cfg = Config().with_values({
+        "model.backbone": args.backbone, "model.teacher_weights": "none",
+        "runtime.device": args.device, "runtime.precision": getattr(args, "precision", "auto"),
+        "runtime.compile": getattr(args, "compile", False), "train.image_size": args.size,
+        "train.seed": 0, **settings,
+    })  # fmt: skip
+    runtime = Runtime.create(cfg.runtime.device, cfg.runtime.precision, cfg.runtime.channels_last)
+    module = ReverseDistillation(cfg, runtime)
+    module.train()
+    return module, module.configure_optimizers(cfg), runtime
 
 
 def machine() -> dict:

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import timeit, write_result  # noqa: E402
 
 from skrd4ad.checkpoint import save_checkpoint  # noqa: E402
+from skrd4ad.config import Config  # noqa: E402
 from skrd4ad.export import build_detector, export  # noqa: E402
 from skrd4ad.models import build_model  # noqa: E402
 
@@ -40,8 +41,11 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "model.pt"
-        config = {"backbone": args.backbone, "skip": "sk", "image_size": args.size}
-        save_checkpoint(ckpt, build_model(args.backbone, "none", "sk"), epoch=0, config=config)
+        config = Config().with_values(
+            {"model.backbone": args.backbone, "train.image_size": args.size}
+        )
+        model = build_model(args.backbone, "none", "sk")
+        save_checkpoint(ckpt, model, epoch=0, config=config.to_dict())
 
         detector, _ = build_detector(ckpt)
         with torch.inference_mode():

@@ -23,11 +23,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import model_parser, training_setup, write_result  # noqa: E402
+from _common import model_parser, training_module, write_result  # noqa: E402
 
 from skrd4ad import build_model  # noqa: E402
 from skrd4ad.feature_cache import build_cache  # noqa: E402
-from skrd4ad.inference import autocast, predict_maps, prepare_model, to_input  # noqa: E402
+from skrd4ad.inference import predict_maps  # noqa: E402
+from skrd4ad.runtime import Runtime  # noqa: E402
 
 # Dense bf16 tensor-core peak, TFLOP/s (vendor data sheets), for the fraction of peak.
 BF16_PEAK = {"H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.4}
@@ -44,39 +45,26 @@ def worker(task: str, cached: bool, batch: int, args: argparse.Namespace) -> dic
     dev = torch.device(args.device)
     torch.manual_seed(0)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    model = build_model(args.backbone, teacher_weights="none", skip="sk")
     images = torch.randint(0, 256, (batch, 3, args.size, args.size), dtype=torch.uint8)
     if dev.type == "cuda":
         images = images.pin_memory()
     if task == "infer":
-        model = prepare_model(model, dev, True, inference_only=True)
+        runtime = Runtime.create(args.device, args.precision)
+        model = build_model(args.backbone, teacher_weights="none", skip="sk")
+        model = runtime.setup(model, inference_only=True)
 
         def step() -> None:
-            predict_maps(model, images, device=dev, batch_size=batch, precision=args.precision)
+            predict_maps(model, images, runtime, batch_size=batch)
     else:
-        model, opt, loss_fn = training_setup(model, dev)
-        student = torch.compile(model.student) if args.compile else model.student
-        cache = None
-        if cached:
-            cache = build_cache(
-                model, images, device=dev, precision=args.precision, channels_last=True
-            )
+        module, opt, runtime = training_module(args)
+        cache = build_cache(module.model, images, runtime) if cached else None
         idx = torch.arange(batch)
 
-        def step() -> None:
+        def step() -> None:  # fit's training step, from the cache or from the images
             if cache is not None:
-                t = cache.batch(idx)
-                with autocast(dev, args.precision):
-                    s = student(t)
+                module.optimizer_step(opt, features=cache.batch(idx))
             else:
-                x = to_input(images, dev, True)
-                with autocast(dev, args.precision):
-                    t = model.teacher(x)
-                    s = student(t)
-            loss, _ = loss_fn(t, s)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+                module.optimizer_step(opt, images=images)
 
     step()  # warm-up (and cuDNN autotuning)
     sync()

@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import model_parser, training_setup, write_result  # noqa: E402
+from _common import model_parser, training_module, write_result  # noqa: E402
 
 from skrd4ad import build_model  # noqa: E402
 from skrd4ad.data.images import normalize  # noqa: E402
-from skrd4ad.inference import autocast, predict_maps, prepare_model, to_input  # noqa: E402
+from skrd4ad.inference import predict_maps  # noqa: E402
 from skrd4ad.models.reverse_distillation.anomaly_map import anomaly_map, image_score  # noqa: E402
 from skrd4ad.models.reverse_distillation.loss import SKRD4ADLoss  # noqa: E402
+from skrd4ad.runtime import Runtime  # noqa: E402
 
 
 class PublishedStyleTeacher(torch.nn.Module):
@@ -51,67 +52,63 @@ class PublishedStyleTeacher(torch.nn.Module):
         return [a, b, c]
 
 
+def _ours(task: str, backbone: str, size: int, batch: int, device: str, precision: str):
+    """skrd4ad's production paths: inference with BatchNorm folded, in inference mode, map
+    and score on the device; training with fit's own step (channels_last, bf16 on CUDA)."""
+    images = (torch.rand(batch, 3, size, size) * 255).to(torch.uint8)
+    if task == "infer":
+        runtime = Runtime.create(device, precision)
+        model = runtime.setup(build_model(backbone, "none", "sk"), inference_only=True)
+        return lambda: predict_maps(model, images, runtime, batch_size=batch)
+    args = argparse.Namespace(backbone=backbone, device=device, precision=precision, size=size)
+    module, opt, _ = training_module(args)
+    return lambda: module.optimizer_step(opt, images=images)
+
+
+def _published(task: str, backbone: str, size: int, batch: int, device: str):
+    """The published-style loop: layer4 computed, an autograd graph through the teacher."""
+    dev = torch.device(device)
+    model = build_model(backbone, teacher_weights="none", skip="sk").to(dev)
+    teacher = PublishedStyleTeacher(model.teacher, backbone).to(dev)
+    x = normalize((torch.rand(batch, 3, size, size) * 255).to(torch.uint8).to(dev))
+    if task == "train":
+        params = [*model.bottleneck.parameters(), *model.decoder.parameters()]
+        opt = torch.optim.Adam(params, lr=0.005, betas=(0.5, 0.999))
+        loss_fn = SKRD4ADLoss()
+        model.bottleneck.train()
+        model.decoder.train()
+
+        def step() -> None:
+            t = teacher(x)
+            loss, _ = loss_fn(t, model.student(t))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        return step
+    model.eval()
+
+    def infer() -> None:
+        with torch.no_grad():
+            t = teacher(x)
+            image_score(anomaly_map(t, model.student(t), size))
+
+    return infer
+
+
 def worker(
     mode: str, task: str, backbone: str, size: int, batch: int, steps: int, device: str
 ) -> dict:
     dev = torch.device(device)
     torch.manual_seed(0)
-    model = build_model(backbone, teacher_weights="none", skip="sk")
-    ours = mode.startswith("skrd4ad")
-    precision = "bf16" if mode.endswith("bf16") else "auto"
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    images = (torch.rand(batch, 3, size, size) * 255).to(torch.uint8)
-
-    if ours and task == "infer":
-        # The production path: BatchNorm folded, inference mode, on-device map and score.
-        model = prepare_model(model, dev, True, inference_only=True)
-
-        def step() -> None:
-            predict_maps(
-                model, images, device=dev, batch_size=batch, precision=precision, channels_last=True
-            )
-    elif ours:
-        # The production training step (skrd4ad.train.fit): channels_last, bf16 on CUDA.
-        model, opt, loss_fn = training_setup(model, dev)
-
-        def step() -> None:
-            x = to_input(images, dev, True)
-            with autocast(dev, precision):
-                t = model.teacher(x)
-                s = model.student(t)
-            loss, _ = loss_fn(t, s)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    if mode.startswith("skrd4ad"):
+        precision = "bf16" if mode.endswith("bf16") else "auto"
+        step = _ours(task, backbone, size, batch, device, precision)
     else:
-        model = model.to(dev)
-        teacher = PublishedStyleTeacher(model.teacher, backbone).to(dev)
-        x = normalize(images.to(dev))
-        if task == "train":
-            params = [*model.bottleneck.parameters(), *model.decoder.parameters()]
-            opt = torch.optim.Adam(params, lr=0.005, betas=(0.5, 0.999))
-            loss_fn = SKRD4ADLoss()
-            model.bottleneck.train()
-            model.decoder.train()
-
-            def step() -> None:
-                t = teacher(x)
-                s = model.student(t)
-                loss, _ = loss_fn(t, s)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        else:
-            model.eval()
-
-            def step() -> None:
-                with torch.no_grad():
-                    t = teacher(x)
-                    s = model.student(t)
-                image_score(anomaly_map(t, s, size))
-
+        step = _published(task, backbone, size, batch, device)
     step()  # warm-up
     sync()
     times = []

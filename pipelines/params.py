@@ -13,6 +13,8 @@ from skrd4ad.errors import UserError
 
 PARAMS = Path(os.environ.get("SKRD4AD_PARAMS", "params.yaml"))
 DATASETS = ("default", "mvtec", "visa", "vad", "folder")
+# The sections params.yaml shares with skrd4ad.config.Config (data comes from `dataset`).
+CONFIG_SECTIONS = ("data", "model", "loss", "optim", "runtime", "train")
 
 
 def load_params(path: Path | None = None) -> dict[str, Any]:
@@ -34,7 +36,8 @@ def load_params(path: Path | None = None) -> dict[str, Any]:
 
 
 def train_config(params: dict[str, Any], root: str, category: str, layout: str) -> dict[str, Any]:
-    """The skrd4ad.train.TrainConfig fields for one category (plain dict, for Ray).
+    """One category's :class:`skrd4ad.config.Config` as plain nested data (for Ray): the
+    params.yaml sections of the same names, and the prepared dataset.
 
     ``loss.per_category.<category>`` (what ``pipelines.tune --write-params`` writes for a
     per-category search) overrides ``loss`` for that category.
@@ -47,11 +50,9 @@ def train_config(params: dict[str, Any], root: str, category: str, layout: str) 
     if unknown:
         raise UserError(f"loss.per_category.{category}: unknown keys {unknown}")
     loss.update(override)
+    sections = {s: dict(params.get(s) or {}) for s in CONFIG_SECTIONS if s not in ("data", "loss")}
     return {
-        "data": root,
-        "category": category,
-        "layout": layout,
-        **params["model"],
-        **loss,
-        **params["train"],
+        "data": {"root": root, "category": category, "layout": layout},
+        "loss": loss,
+        **sections,
     }

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from skrd4ad.callbacks import Callback
 from skrd4ad.results import METRIC_KEYS
 
 
@@ -53,45 +54,61 @@ def train_func(config: dict[str, Any]) -> None:
     from skrd4ad.atomic import temporary_dir
 
     threads = _set_torch_threads(config.get("threads"))
-    with temporary_dir(prefix=f"skrd4ad-{config['train']['category']}-") as work:
+    with temporary_dir(prefix=f"skrd4ad-{config['train']['data']['category']}-") as work:
         _train_in(work, config, threads)
 
 
 def _train_in(work: Path, config: dict[str, Any], threads: int) -> None:
     import ray.train
 
-    from skrd4ad.atomic import temporary_dir
     from skrd4ad.checkpoint import read_checkpoint
-    from skrd4ad.train import TrainConfig, fit
+    from skrd4ad.config import Config
+    from skrd4ad.train import fit
 
-    cfg = TrainConfig.from_dict({**config["train"], "out": str(work), "progress": False})
+    cfg = Config.from_dict(config["train"]).with_values(
+        {"train.out": str(work), "train.progress": False}
+    )
     checkpoint = ray.train.get_checkpoint()
     start_epoch = 0
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             if (Path(d) / "last.pt").is_file():
                 shutil.copy(Path(d) / "last.pt", work / "last.pt")
-                cfg.resume = True
+                cfg = cfg.with_values({"train.resume": True})
                 start_epoch = int(read_checkpoint(work / "last.pt")["epoch"])
-    fault = config.get("fault") or {}
-
-    def report(metrics: dict[str, Any]) -> None:
-        scalars = scalar_metrics(metrics)
-        if "checkpoint" not in metrics:
-            ray.train.report(scalars)
-            return
-        with temporary_dir(work, ".report-") as d:
-            link(Path(metrics["checkpoint"]), d / "last.pt")
-            ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(str(d)))
-        _maybe_crash(fault, int(metrics["epoch"]))
-
-    result = fit(cfg, callbacks=[report])
+    result = fit(cfg, callbacks=[RayReport(work, config.get("fault") or {})])
     if ray.train.get_context().get_world_rank() != 0:
         # Only rank 0 holds model.pt; every worker must report the same number of times.
         ray.train.report({"final": 1.0})
         return
     extra = {"resumed_from_epoch": float(start_epoch), "torch_threads": float(threads)}
     _report_final(work, cfg, result, config.get("overlays", 0), extra)
+
+
+class RayReport(Callback):
+    """Each epoch's metrics to ``ray.train.report``, with last.pt as a Ray checkpoint
+    when one was written that epoch (on rank 0), so a restarted worker resumes there."""
+
+    def __init__(self, work: Path, fault: dict[str, Any]) -> None:
+        self.work, self.fault = work, fault
+        self.checkpoint: Path | None = None
+
+    def on_checkpoint(self, path: Path, epoch: int) -> None:
+        self.checkpoint = path
+
+    def on_epoch_end(self, metrics: dict[str, Any]) -> None:
+        import ray.train
+
+        from skrd4ad.atomic import temporary_dir
+
+        scalars, path, self.checkpoint = scalar_metrics(metrics), self.checkpoint, None
+        if path is None:
+            ray.train.report(scalars)
+            return
+        with temporary_dir(self.work, ".report-") as d:
+            link(path, d / "last.pt")
+            ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(str(d)))
+        _maybe_crash(self.fault, int(metrics["epoch"]))
 
 
 def _report_final(work: Path, cfg: Any, result: Any, overlays: int, extra: dict) -> None:
@@ -104,11 +121,11 @@ def _report_final(work: Path, cfg: Any, result: Any, overlays: int, extra: dict)
 
     final = evaluate(
         result.model_path,
-        Path(cfg.data),
-        cfg.category,
+        Path(cfg.data.root),
+        cfg.data.category,
         work / "eval",
-        layout=cfg.layout,
-        device=cfg.device,
+        layout=cfg.data.layout,
+        device=cfg.runtime.device,
         overlays=overlays,
         curves=True,
     )

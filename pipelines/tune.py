@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from skrd4ad.atomic import atomic_write_text, make_dir, temporary_dir
+from skrd4ad.config import Config
 from skrd4ad.errors import UserError
 from skrd4ad.results import METRIC_KEYS
 
@@ -83,7 +84,7 @@ def _record_opens(root: str, log: str) -> None:
 def _data_root(base: dict[str, Any]) -> str:
     """The dataset root on this node; the embedded default is rebuilt when a node lacks it
     (it is deterministic, byte for byte), so a cluster needs no shared mount for it."""
-    root = base["train"]["data"]
+    root = base["train"]["data"]["root"]
     if Path(root).is_dir() or not base.get("default_dataset"):
         return root
     from skrd4ad.data import make_default_dataset
@@ -103,77 +104,84 @@ def _data_root(base: dict[str, Any]) -> str:
 
 
 def trial_func(config: dict[str, Any], base: dict[str, Any]) -> None:
-    """One trial: the searched settings in ``config``, everything else in ``base``."""
+    """One trial: the searched settings in ``config`` (``{"loss.alpha": ..}``), everything
+    else in ``base``; its work folder goes when it ends."""
     from ray import tune
 
-    from skrd4ad.train import TrainConfig, fit
+    from skrd4ad.config import Config
 
     started = time.perf_counter()  # trial_s: the trial's own time, to tell Tune's overhead
     root = _data_root(base)
     if base.get("open_log"):
         _record_opens(root, base["open_log"])
-    categories = base["categories"]
+    fixed = {"data.root": root, "train.progress": False, "train.val_every": 1,
+             "train.checkpoint_every": 1, "train.select": "last"}  # fmt: skip
+    settings = Config.from_dict(base["train"]).with_values({**config, **fixed})
     work = make_dir(prefix="skrd4ad-trial-")
-    settings = {**base["train"], **config, "data": root, "progress": False}
-    settings.update(val_every=1, checkpoint_every=1, select="last")
-    restored = tune.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as d:
-            for cat in categories:
-                if (Path(d) / cat / LAST).is_file():
-                    (work / cat).mkdir(parents=True, exist_ok=True)
-                    shutil.copy(Path(d) / cat / LAST, work / cat / LAST)
-
-    def checkpoint_dir(tmp: str) -> Any:
-        for cat in categories:
-            if (work / cat / LAST).is_file():
-                (Path(tmp) / cat).mkdir()
-                link(work / cat / LAST, Path(tmp) / cat / LAST)  # ~200 MB: linked, not copied
-        return tune.Checkpoint.from_directory(tmp)
-
-    def config_for(cat: str, epochs: int) -> TrainConfig:
-        cfg = TrainConfig.from_dict({**settings, "category": cat, "out": str(work / cat)})
-        cfg.epochs = epochs
-        cfg.resume = (work / cat / LAST).is_file()
-        return cfg
-
-    epochs = int(settings["epochs"])
     try:
-        if len(categories) == 1:
-            cat = categories[0]
+        restored = tune.get_checkpoint()
+        if restored is not None:
+            with restored.as_directory() as d:
+                for cat in base["categories"]:
+                    if (Path(d) / cat / LAST).is_file():
+                        (work / cat).mkdir(parents=True, exist_ok=True)
+                        shutil.copy(Path(d) / cat / LAST, work / cat / LAST)
+        Trial(settings, base, work, started).run()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
-            def report(metrics: dict[str, Any]) -> None:
-                with temporary_dir() as tmp:
-                    ckpt = checkpoint_dir(tmp) if "checkpoint" in metrics else None
-                    scalars = objective_first(scalar_metrics(metrics), base["metric"])
-                    scalars["trial_s"] = time.perf_counter() - started
-                    tune.report(scalars, checkpoint=ckpt)
 
-            cfg = config_for(cat, epochs)
-            if cfg.resume and _epoch_of(work / cat / LAST) >= epochs:
-                return
-            fit(cfg, callbacks=[report])
+class Trial:
+    """A trial's categories trained in its work folder, each epoch reported to Tune with a
+    checkpoint of every category's last.pt."""
+
+    def __init__(self, settings: Any, base: dict[str, Any], work: Path, started: float) -> None:
+        self.settings, self.base, self.work, self.started = settings, base, work, started
+        self.categories = base["categories"]
+
+    def config_for(self, cat: str) -> Any:
+        return self.settings.with_values({
+            "data.category": cat, "train.out": str(self.work / cat),
+            "train.resume": (self.work / cat / LAST).is_file(),
+        })  # fmt: skip
+
+    def report(self, metrics: dict[str, float]) -> None:
+        from ray import tune
+
+        metrics["trial_s"] = time.perf_counter() - self.started
+        metrics = objective_first(metrics, self.base["metric"])
+        with temporary_dir() as tmp:
+            for cat in self.categories:
+                if (self.work / cat / LAST).is_file():
+                    (Path(tmp) / cat).mkdir()
+                    link(self.work / cat / LAST, Path(tmp) / cat / LAST)  # ~200 MB: linked
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    def run(self) -> None:
+        from skrd4ad.train import OnEpochEnd, fit
+
+        if len(self.categories) == 1:
+            cfg = self.config_for(self.categories[0])
+            if not (cfg.train.resume and _epoch_of(Path(cfg.train.out) / LAST) >= cfg.train.epochs):
+                fit(cfg, [OnEpochEnd(lambda m: self.report(scalar_metrics(m)))])
             return
+
         # Shared config: categories advance in lockstep so that ASHA compares like with like;
         # each keeps its state for the whole trial (pipelines/lockstep.py).
         def every_epoch(cat: str, handback: Callable[[dict], None]) -> Any:
-            return fit(config_for(cat, epochs), callbacks=[handback])
+            return fit(self.config_for(cat), [OnEpochEnd(handback)])
 
-        fits = {cat: functools.partial(every_epoch, cat) for cat in categories}
+        fits = {cat: functools.partial(every_epoch, cat) for cat in self.categories}
         for epoch_metrics in Lockstep(fits).run():
             per_cat = {cat: scalar_metrics(m) for cat, m in epoch_metrics.items()}
+            first = per_cat[self.categories[0]]
             mean = {
                 k: sum(m[k] for m in per_cat.values()) / len(per_cat)
-                for k in per_cat[categories[0]]
+                for k in first
                 if all(k in m for m in per_cat.values())
             }
             mean.update({f"{c}/{k}": v for c, m in per_cat.items() for k, v in m.items()})
-            mean["trial_s"] = time.perf_counter() - started
-            mean = objective_first(mean, base["metric"])
-            with temporary_dir() as tmp:
-                tune.report(mean, checkpoint=checkpoint_dir(tmp))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            self.report(mean)
 
 
 def objective_first(metrics: dict[str, float], objective: str) -> dict[str, float]:
@@ -192,7 +200,7 @@ def _epoch_of(path: Path) -> int:
 
 
 def evaluate_best_on_test(
-    checkpoint: Any, categories: list[str], train: dict[str, Any]
+    checkpoint: Any, categories: list[str], config: dict[str, Any]
 ) -> dict[str, Any]:
     """The one test-set evaluation of a search: the best trial's final models."""
     from skrd4ad.evaluate import evaluate
@@ -202,11 +210,11 @@ def evaluate_best_on_test(
         for cat in categories:
             metrics = evaluate(
                 Path(d) / cat / LAST,
-                Path(train["data"]),
+                Path(config["data"]["root"]),
                 cat,
                 Path(tmp) / cat,
-                layout=train.get("layout", "auto"),
-                device=train.get("device", "auto"),
+                layout=config["data"]["layout"],
+                device=config["runtime"]["device"],
             )
             out[cat] = {k: metrics.get(k) for k in METRIC_KEYS}
     return out
@@ -233,25 +241,46 @@ def _categories(spec: SearchSpec, available: list[str]) -> list[str]:
     return list(spec.categories)
 
 
+def _train_base(spec: SearchSpec, params: dict[str, Any], root: str, layout: str) -> dict:
+    """Every trial's config but the searched settings and the category: params.yaml's
+    sections, the space's ``config`` sections over them, and the trial length."""
+    base = train_config(params, root, "", layout)
+    for section, values in spec.config.items():
+        base.setdefault(section, {}).update(values)
+    base["data"].pop("category")
+    base["train"]["epochs"] = spec.epochs
+    return base
+
+
 def _validate_search(
     spec: SearchSpec, params: dict[str, Any], base: dict[str, Any], categories: list[str]
 ) -> None:
-    """Every trial's settings are valid TrainConfigs, checked once before Ray starts: the
-    base (params.yaml and the space's train section) for each category, and each value the
+    """Every trial's settings are valid Configs, checked once before Ray starts: the base
+    (params.yaml and the space's config sections) for each category, and each value the
     space can give a parameter (fixed values, choices, grid points, bounds)."""
     in_params = params_key(params)
 
     def where(name: str) -> str:
         if name in spec.params:
             return f"{spec.path}: params.{name}"
-        return f"{spec.path}: train.{name}" if name in spec.train else in_params(name)
+        section, key = name.split(".")
+        if key in (spec.config.get(section) or {}):
+            return f"{spec.path}: config.{name}"
+        return in_params(name)
+
+    def check(values: dict[str, Any]) -> None:
+        cfg = {s: dict(v) for s, v in base.items()}
+        for name, value in values.items():
+            section, key = name.split(".")
+            cfg[section][key] = value
+        validated(cfg, where, spec.path)
 
     for cat in categories:
-        validated({**base, "category": cat}, where)
+        check({"data.category": cat})
     for name, dist in spec.params.items():
         values = next(iter(dist.values())) if isinstance(dist, dict) else [dist]
         for value in values:
-            validated({**base, "category": categories[0], name: value}, where)
+            check({"data.category": categories[0], name: value})
 
 
 def _relative(location: str) -> bool:
@@ -329,7 +358,7 @@ def _best(grid: Any, spec: SearchSpec, epochs: int) -> Any | None:
     sign = 1 if spec.mode == "max" else -1
     best, best_value = None, -math.inf
     for result in grid:
-        trial_epochs = int((result.config or {}).get("epochs", epochs))
+        trial_epochs = int((result.config or {}).get("train.epochs", epochs))
         if not _completed(result, trial_epochs):
             continue
         value = (result.metrics or {}).get(spec.metric)
@@ -437,10 +466,7 @@ def run(
         _check_cluster_outputs(storage, params["mlflow"].get("tracking_uri"))
     storage = storage if "://" in storage else str(Path(storage).resolve())
     name = name or spec.name
-    train_base = {k: v for k, v in train_config(params, root, "", dataset["layout"]).items()}
-    train_base.pop("category")
-    train_base.update(spec.train)
-    train_base["epochs"] = spec.epochs
+    train_base = _train_base(spec, params, root, dataset["layout"])
     _validate_search(spec, params, train_base, categories)
     _ray_init(address)
 
@@ -518,7 +544,7 @@ def run(
             entry["config"] = {k: _plain(best.config[k]) for k in spec.params}
             entry[spec.metric] = float(best.metrics[spec.metric])
             remote = ray.remote(num_cpus=spec.cpu, num_gpus=_gpu(spec.gpu))(evaluate_best_on_test)
-            test_train = {**train_base, "data": root}
+            test_train = Config.from_dict(train_base).with_values({"data.root": root}).to_dict()
             entry["test"] = ray.get(remote.remote(best.checkpoint, group, test_train))
         for cat in group:
             summary["best"][cat] = {
@@ -586,7 +612,11 @@ def write_params(summary: dict[str, Any], path: Path) -> None:
     ryaml.preserve_quotes = True
     doc = ryaml.load(path.read_text())
     keys = ("alpha", "beta", "gamma")
-    best = {c: b["config"] for c, b in summary["best"].items() if "config" in b}
+    best = {
+        c: {k.removeprefix("loss."): v for k, v in b["config"].items()}
+        for c, b in summary["best"].items()
+        if "config" in b
+    }
     if not best:
         raise UserError("no best config to write: every search failed (see best.yaml)")
     if summary["scope"] == "shared":

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from skrd4ad.errors import UserError
-from skrd4ad.models.reverse_distillation.components.skip import SKIP_TOPOLOGIES
+from skrd4ad.config import SETTINGS, Config
+from skrd4ad.errors import ConfigError, UserError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "grid")
 ALGORITHMS = ("optuna", "basic")
@@ -23,14 +23,16 @@ SCHEDULERS = ("asha", "fifo")
 SCOPES = ("per_category", "shared")
 # Validation metrics fit() reports every epoch (the test split is never read in a search).
 METRICS = ("val_aupro", "val_image_auroc", "val_pixel_auroc")
-# What a trial may change: the loss weights (the paper's question), and a few more.
+# What a trial may change: any setting of these sections with a single value (the loss
+# weights are the paper's question), named and typed as in skrd4ad.config.
+SEARCH_SECTIONS = ("model", "loss", "optim", "train")
+_BOOKKEEPING = ("train.out", "train.resume", "train.overwrite", "train.progress")
 SEARCHABLE = {
-    "alpha": float,
-    "beta": float,
-    "gamma": float,
-    "lr": float,
-    "epochs": int,
-    "skip": str,
+    name: s.kind
+    for name, s in SETTINGS.items()
+    if s.section in SEARCH_SECTIONS
+    and name not in _BOOKKEEPING
+    and s.kind in (int, float, str, bool)
 }
 REQUIRED = ("categories", "metric", "mode", "epochs", "search", "scheduler", "params")
 
@@ -56,7 +58,7 @@ class SearchSpec:
     cpu: float
     gpu: float | str
     params: dict[str, dict[str, Any] | Any]
-    train: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def expected_trials(self) -> int:
@@ -69,7 +71,7 @@ class SearchSpec:
 
     @property
     def max_epochs(self) -> int:
-        spec = self.params.get("epochs")
+        spec = self.params.get("train.epochs")
         if isinstance(spec, dict):
             return max(int(v) for v in next(iter(spec.values())))
         return int(spec) if spec is not None else self.epochs
@@ -86,17 +88,19 @@ def _number(path: Path, key: str, value: Any) -> float:
 
 
 def _check_value(path: Path, key: str, name: str, value: Any) -> None:
-    kind = SEARCHABLE[name]
-    if kind is str:
-        if value not in SKIP_TOPOLOGIES:
-            raise _err(
-                path, key, f"unknown skip topology {value!r}; known: {list(SKIP_TOPOLOGIES)}"
-            )
+    """The value's type and choice, as the schema has them; ranges are checked when the
+    trials' configs are built (pipelines.tune._validate_search)."""
+    setting, kind = SETTINGS[name], SEARCHABLE[name]
+    if setting.choices is not None:
+        if value not in setting.choices:
+            raise _err(path, key, f"must be one of {list(setting.choices)}, got {value!r}")
         return
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise _err(path, key, f"must be a whole number >= 1, got {value!r}")
-    if _number(path, key, value) < 0:
-        raise _err(path, key, f"must be >= 0, got {value!r}")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise _err(path, key, f"must be a whole number, got {value!r}")
+    if kind is float:
+        _number(path, key, value)
+    if kind in (str, bool) and not isinstance(value, kind):
+        raise _err(path, key, f"must be {'true or false' if kind is bool else 'a string'}")
 
 
 def _check_param(path: Path, name: str, spec: Any, algorithm: str) -> None:
@@ -161,11 +165,9 @@ def load_space(path: str | Path) -> SearchSpec:
     search, sched = _section(path, raw, "search"), _section(path, raw, "scheduler")
     params = _section(path, raw, "params")
     resources = raw.get("resources_per_trial", {"cpu": 1, "gpu": "auto"})
-    train = raw.get("train") or {}
+    config = raw.get("config") or {}
     if not isinstance(resources, dict):
         raise _err(path, "resources_per_trial", "must be a mapping like {cpu: 1, gpu: auto}")
-    if not isinstance(train, dict):
-        raise _err(path, "train", "must be a mapping of training settings")
     for key in ("algorithm", "num_samples", "max_concurrent"):
         if key not in search:
             raise _err(path, f"search.{key}", "missing")
@@ -213,12 +215,10 @@ def load_space(path: str | Path) -> SearchSpec:
     seed = search.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise _err(path, "search.seed", f"must be a whole number, got {seed!r}")
-    from skrd4ad.train import TrainConfig
-
     try:
-        TrainConfig.from_dict(train)
-    except UserError as exc:
-        raise _err(path, "train", str(exc)) from exc
+        Config.from_dict(config, f"{path}: config")
+    except ConfigError as exc:
+        raise exc.named(f"{path}: config.{exc.field}") from None
     return SearchSpec(
         path=path,
         name=str(raw.get("name", path.stem)),
@@ -237,7 +237,7 @@ def load_space(path: str | Path) -> SearchSpec:
         cpu=cpu,
         gpu=gpu,
         params=dict(params),
-        train=dict(train),
+        config=dict(config),
     )
 
 

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .atomic import atomic_write
-from .errors import CheckpointError, load_problem
+from .errors import CheckpointError, UserError, load_problem
 from .models import SKRD4AD, build_model
 
+if TYPE_CHECKING:
+    from .config import Config
+
 FORMAT = "skrd4ad-checkpoint"
-VERSION = 1
+# 2: the config is stored in sections (skrd4ad.config); 1 stored it flat.
+VERSION = 2
 _PARTS = ("teacher", "bottleneck", "decoder")
 
 
@@ -60,6 +64,18 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if state.get("version", 0) > VERSION:
         raise CheckpointError(f"{path} was written by a newer skrd4ad; upgrade skrd4ad")
     return state
+
+
+def stored_config(state: dict[str, Any]) -> Config:
+    """The config a checkpoint was trained with (a version-1 checkpoint's too)."""
+    from .config import Config, from_flat_v1
+
+    raw = state.get("config") or {}
+    nested = raw if state.get("version", 1) >= 2 else from_flat_v1(raw)
+    try:
+        return Config.from_dict(nested, "the checkpoint's config")
+    except UserError as exc:
+        raise CheckpointError(f"{exc}; the checkpoint is damaged or from another program") from exc
 
 
 def load_model(

@@ -8,257 +8,152 @@ line and exit with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .errors import ConfigError, UserError
+from .errors import UserError
 from .results import json_text
 
 EXIT_USER_ERROR = 2
 
 
-def _bool(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+class Commands:
+    """The subcommands' parsers, and for each the flags added by hand ({dest: action}),
+    which a ``--config`` file of that command may set."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+        self.parsers: dict[str, argparse.ArgumentParser] = {}
+        self.actions: dict[str, dict[str, argparse.Action]] = {}
+
+    def add(self, name: str, help_: str) -> argparse.ArgumentParser:
+        fmt = argparse.ArgumentDefaultsHelpFormatter
+        p = self.sub.add_parser(name, help=help_, description=help_, formatter_class=fmt)
+        p.add_argument(
+            "--config", metavar="FILE.yaml", help="YAML file of settings (see --help of each)"
+        )
+        self.parsers[name], self.actions[name] = p, {}
+        return p
+
+    def flag(self, name: str, *flags: str, **kw: Any) -> argparse.Action:
+        action = self.parsers[name].add_argument(*flags, **kw)
+        self.actions[name][action.dest] = action
+        return action
 
 
-def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    from .models import BACKBONES, SKIP_TOPOLOGIES
-
-    p.add_argument(
-        "--backbone",
-        choices=sorted(BACKBONES),
-        default="wide_resnet50_2",
-        help="teacher network (torchvision builder); the paper uses wide_resnet50_2",
-    )
-    p.add_argument(
-        "--teacher-weights",
-        default="imagenet",
-        metavar="{imagenet,none,PATH}",
-        help="'imagenet' (torchvision weights API, hub cache under TORCH_HOME), "
-        "'none' (random, for tests) or a state dict file",
-    )
-    p.add_argument(
-        "--skip",
-        choices=list(SKIP_TOPOLOGIES),
-        default="sk",
-        help="skip topology: 'sk' = published SK-RD4AD, 'none' = RD4AD, "
-        "'sk_deep'/'sk_shallow' = one skip only (ablation)",
-    )
+# The quick start's settings: a small random teacher, so that it runs on a laptop CPU.
+DEMO_PRESET = {
+    "model.backbone": "resnet18",
+    "model.teacher_weights": "none",
+    "train.image_size": 128,
+    "train.epochs": 30,
+    "train.val_fraction": 0.25,
+}
+DEMO_FLAGS = (
+    *(f"model.{k}" for k in ("backbone", "teacher_weights", "skip")),
+    *(f"runtime.{k}" for k in ("device", "precision")),
+    *(f"train.{k}" for k in ("image_size", "epochs", "batch_size")),
+)
+# Settings the train command needs to be told: where the data is and where the run goes.
+TRAIN_REQUIRED = ("data.root", "train.out")
 
 
-def _add_data_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
-    from .data import LAYOUTS
+def _add_runtime_flags(commands: Commands, name: str) -> None:
+    """evaluate and predict: where and how to score (the checkpoint's precision unless
+    given); the choices and help are the training settings'."""
+    from .config import SETTINGS
 
-    p.add_argument(
-        "--data",
-        required=required,
-        metavar="ROOT",
-        help="dataset root (MVTec AD / VAD layout: ROOT/CATEGORY/train/good ...; "
-        "folder layout: ROOT holds good/, defect folders and mask/)",
-    )
-    p.add_argument(
-        "--category",
-        default=None,
-        help="category folder under ROOT (optional for the folder layout)",
-    )
-    p.add_argument(
-        "--layout", choices=LAYOUTS, default="auto", help="dataset layout (default: detect)"
-    )
-    p.add_argument(
-        "--train-fraction",
-        type=float,
-        default=None,
-        help="folder layout only: fraction of good/ used for training (default 0.5, "
-        "or the checkpoint's)",
-    )
+    for key in ("runtime.device", "runtime.precision"):
+        s = SETTINGS[key]
+        default = s.default if key == "runtime.device" else None
+        note = "" if default else " (default: the checkpoint's setting)"
+        commands.flag(name, s.flag, choices=s.choices, default=default, help=s.help + note)
+    commands.flag(
+        name, "--batch-size", type=_positive_int,
+        default=SETTINGS["runtime.eval_batch_size"].default, help="images per batch",
+    )  # fmt: skip
 
 
-def _add_runtime_flags(p: argparse.ArgumentParser, precision: str | None = "auto") -> None:
-    p.add_argument(
-        "--device",
-        choices=["auto", "cpu", "cuda"],
-        default="auto",
-        help="where to run (auto: CUDA when available)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16"],
-        default=precision,
-        help="auto = bf16 autocast on CUDA and float32 on CPU; bf16 runs on a CPU only when "
-        "named" + ("" if precision else " (default: the checkpoint's setting)"),
-    )
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch")
+def _add_data_flags(commands: Commands, name: str) -> None:
+    from .config import SETTINGS
+
+    for key in ("data.root", "data.category", "data.layout"):
+        s = SETTINGS[key]
+        commands.flag(name, s.flag, dest=s.field.name if key != "data.root" else "data",
+                      choices=s.choices, default=s.default, help=s.help)  # fmt: skip
+    commands.flag(
+        name, "--train-fraction", type=float, default=None,
+        help="folder layout only: fraction of good/ used for training (default: the "
+        "checkpoint's)",
+    )  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, Commands]:
+    from . import __version__
+    from .config_cli import add_setting_flags
+
     parser = argparse.ArgumentParser(
         prog="skrd4ad", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    from . import __version__
-
     parser.add_argument("--version", action="version", version=f"skrd4ad {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    commands = Commands(parser)
+    _add_dataset_commands(commands)
+    p = commands.add("train", "train SK-RD4AD on one category (normal images only)")
+    add_setting_flags(p)
+    _add_use_commands(commands)
+    p = commands.add("demo", "make the default dataset, train and evaluate every category")
+    commands.flag("demo", "--out", default="runs/demo", help="run folder")
+    commands.flag("demo", "--data", default="data/default", help="where the dataset is written")
+    add_setting_flags(p, DEMO_FLAGS, DEMO_PRESET)
+    return parser, commands
 
-    def add(name: str, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_, formatter_class=fmt)
-        p.add_argument(
-            "--config", metavar="FILE.yaml", help="YAML file whose keys mirror this command's flags"
-        )
-        return p
 
-    p = add("make-dataset", "write the embedded default dataset (MVTec layout, deterministic)")
-    p.add_argument("--out", required=True, help="folder to write the dataset into")
-    p.add_argument(
-        "--categories",
-        nargs="+",
-        default=None,
-        help="texture categories (default: brick grass gravel)",
-    )
-    p.add_argument("--image-size", type=int, default=128, help="side of the written images, px")
-    p.add_argument(
-        "--crop-size", type=int, default=192, help="side of the crop cut from each photo, px"
-    )
-    p.add_argument("--n-train", type=int, default=32, help="normal training images per category")
-    p.add_argument("--n-test-good", type=int, default=8, help="normal test images per category")
-    p.add_argument(
-        "--n-test-defect",
-        type=int,
-        default=4,
-        help="defective test images per defect type and category",
-    )
-    p.add_argument("--seed", type=int, default=0, help="generator seed")
+def _add_dataset_commands(c: Commands) -> None:
+    from .data.default_dataset import DEFAULT_CATEGORIES, MakeSettings
 
-    p = add("prepare-visa", "convert a raw VisA download into MVTec layout (binarised masks)")
-    p.add_argument("--raw", required=True, help="the extracted VisA folder (holds split_csv/)")
-    p.add_argument("--out", required=True, help="where to write the MVTec-layout copy")
-    p.add_argument("--categories", nargs="+", default=None, help="only these categories")
+    c.add("make-dataset", "write the embedded default dataset (MVTec layout, deterministic)")
+    c.flag("make-dataset", "--out", required=True, help="folder to write the dataset into")
+    c.flag("make-dataset", "--categories", nargs="+", default=list(DEFAULT_CATEGORIES),
+           help="texture categories")  # fmt: skip
+    for f in dataclasses.fields(MakeSettings):
+        c.flag("make-dataset", "--" + f.name.replace("_", "-"), type=int,
+               default=f.default, help=f.metadata["help"])  # fmt: skip
+    c.add("prepare-visa", "convert a raw VisA download into MVTec layout (binarised masks)")
+    c.flag("prepare-visa", "--raw", required=True, help="the extracted VisA folder (split_csv/)")
+    c.flag("prepare-visa", "--out", required=True, help="where to write the MVTec-layout copy")
+    c.flag("prepare-visa", "--categories", nargs="+", default=None, help="only these categories")
 
-    p = add("train", "train SK-RD4AD on one category (normal images only)")
-    _add_data_flags(p)
-    p.add_argument("--out", required=True, help="run folder: checkpoints, model.pt, history")
-    _add_model_flags(p)
-    _add_runtime_flags(p)
-    p.add_argument(
-        "--image-size", type=int, default=256, help="model input size, px (multiple of 32)"
-    )
-    p.add_argument("--epochs", type=int, default=200, help="training epochs")
-    p.add_argument("--lr", type=float, default=0.005, help="Adam learning rate")
-    p.add_argument("--betas", type=float, nargs=2, default=[0.5, 0.999], help="Adam betas")
-    p.add_argument("--alpha", type=float, default=0.0, help="weight of the feature L2 loss")
-    p.add_argument("--beta", type=float, default=1.0, help="weight of the cosine loss")
-    p.add_argument(
-        "--gamma", type=float, default=0.05, help="weight of the inter-scale consistency loss"
-    )
-    p.add_argument("--seed", type=int, default=111, help="random seed (the published one is 111)")
-    p.add_argument(
-        "--channels-last",
-        type=_bool,
-        default=True,
-        help="channels_last memory layout (measured faster on CPU and GPU)",
-    )
-    p.add_argument("--checkpoint-every", type=int, default=10, help="write last.pt every N epochs")
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.1,
-        help="fraction of train/good held out (with synthetic defects) for validation; 0 = none",
-    )
-    p.add_argument("--val-every", type=int, default=10, help="validate every N epochs")
-    p.add_argument(
-        "--select",
-        choices=["last", "best-val"],
-        default="last",
-        help="final model: the last epoch, or the best validation AUPRO (never test metrics)",
-    )
-    p.add_argument(
-        "--cache-features",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="compute the frozen teacher's features once per image and reuse them every "
-        "epoch (auto: unless --augment); off recomputes them every step",
-    )
-    p.add_argument(
-        "--augment",
-        choices=["none", "hflip"],
-        default="none",
-        help="training augmentation (hflip: random horizontal flips; disables the cache)",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the bottleneck and decoder (compiles on the first step)",
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="resume from OUT/last.pt; changed settings apply from there on and are recorded",
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace the training run already in OUT"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = add("evaluate", "evaluate a checkpoint on the test split; writes OUT/metrics.json")
-    p.add_argument("--checkpoint", required=True, help="model.pt (or last.pt) written by train")
-    _add_data_flags(p)
-    p.add_argument("--out", required=True, help="folder for metrics.json, overlays and curves")
-    p.add_argument(
-        "--backbone", default=None, help="fail unless the checkpoint holds this backbone"
-    )
-    _add_runtime_flags(p, precision=None)
-    p.add_argument(
-        "--overlays",
-        type=int,
-        default=0,
-        metavar="N",
-        help="write overlays of the N highest- and N lowest-scoring test images",
-    )
-    p.add_argument("--curves", action="store_true", help="write ROC and PRO curve PNGs")
+def _add_use_commands(c: Commands) -> None:
+    c.add("evaluate", "evaluate a checkpoint on the test split; writes OUT/metrics.json")
+    c.flag("evaluate", "--checkpoint", required=True, help="model.pt (or last.pt) from train")
+    _add_data_flags(c, "evaluate")
+    c.flag("evaluate", "--out", required=True, help="folder for metrics.json, overlays, curves")
+    c.flag("evaluate", "--backbone", default=None, help="fail unless the checkpoint holds it")
+    _add_runtime_flags(c, "evaluate")
+    c.flag("evaluate", "--overlays", type=int, default=0, metavar="N",
+           help="write overlays of the N highest- and N lowest-scoring test images")  # fmt: skip
+    c.flag("evaluate", "--curves", action="store_true", help="write ROC and PRO curve PNGs")
 
-    p = add("predict", "score images with a checkpoint; writes OUT/predictions.csv and overlays")
-    p.add_argument("checkpoint", help="model.pt written by train")
-    p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIR", help="image files or folders")
-    p.add_argument("--out", required=True, help="folder for predictions.csv and overlays/")
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="score at or above which an image is anomalous (default: the checkpoint's "
-        "validation threshold)",
-    )
-    p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
-    _add_runtime_flags(p, precision=None)
+    c.add("predict", "score images with a checkpoint; writes OUT/predictions.csv and overlays")
+    c.flag("predict", "checkpoint", help="model.pt written by train")
+    c.flag("predict", "inputs", nargs="+", metavar="IMAGES_OR_DIR", help="image files or folders")
+    c.flag("predict", "--out", required=True, help="folder for predictions.csv and overlays/")
+    c.flag("predict", "--threshold", type=float, default=None,
+           help="score at or above which an image is anomalous (default: the checkpoint's "
+           "validation threshold)")  # fmt: skip
+    c.flag("predict", "--no-overlays", action="store_true", help="skip the overlay PNGs")
+    _add_runtime_flags(c, "predict")
 
-    p = add(
-        "export",
-        "write a self-contained model: uint8 images (N, 3, S, S) -> (anomaly map, score)",
-    )
-    p.add_argument("--checkpoint", required=True, help="model.pt (or last.pt) written by train")
-    p.add_argument("--format", required=True, choices=["torchscript", "onnx"], help="file format")
-    p.add_argument(
-        "--out", default=None, help="file to write (default: the checkpoint's name, .pt/.onnx)"
-    )
-
-    p = add("demo", "make the default dataset, train and evaluate every category (quick start)")
-    p.add_argument("--out", default="runs/demo", help="run folder")
-    p.add_argument("--data", default="data/default", help="where the default dataset is written")
-    _add_model_flags(p)
-    p.set_defaults(backbone="resnet18", teacher_weights="none")
-    _add_runtime_flags(p)
-    p.add_argument("--image-size", type=int, default=128, help="model input size, px")
-    p.add_argument("--epochs", type=int, default=30, help="training epochs per category")
-    return parser
+    c.add("export", "write a self-contained model: uint8 images (N, 3, S, S) -> (map, score)")
+    c.flag("export", "--checkpoint", required=True, help="model.pt (or last.pt) from train")
+    c.flag("export", "--format", required=True, choices=["torchscript", "onnx"], help="format")
+    c.flag("export", "--out", default=None,
+           help="file to write (default: the checkpoint's name, .pt/.onnx)")  # fmt: skip
 
 
 def _config_path(argv: list[str]) -> str | None:
@@ -270,27 +165,21 @@ def _config_path(argv: list[str]) -> str | None:
     return None
 
 
-def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """Parse ``argv``; values from ``--config`` become the subcommand's defaults first, so
-    flags on the command line still win."""
+def _apply_config(
+    parser: argparse.ArgumentParser, commands: Commands, argv: list[str]
+) -> argparse.Namespace:
+    """Parse ``argv``. For train and demo the settings come from the schema
+    (:mod:`skrd4ad.config_cli`); for the other commands, values from ``--config`` become
+    the command's defaults first, so flags on the command line still win."""
     config = _config_path(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    subparsers = parser._subparsers._group_actions[0].choices  # noqa: SLF001
-    if config is None or command not in subparsers:
+    if config is None or command in (None, "train", "demo") or command not in commands.parsers:
         return parser.parse_args(argv)
+    from .config_cli import read_config_file
+
     path = Path(config)
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise UserError(
-            f"cannot read config {path} ({exc.strerror}); pass an existing YAML file"
-        ) from exc
-    except yaml.YAMLError as exc:
-        raise UserError(f"config {path} is not valid YAML ({exc})") from exc
-    if not isinstance(loaded, dict):
-        raise UserError(f"config {path} must be a mapping of flag: value")
-    subparser = subparsers[command]
-    actions = {a.dest: a for a in subparser._actions if a.dest not in ("help", "config")}  # noqa: SLF001
+    loaded = read_config_file(path)
+    actions = {d: a for d, a in commands.actions[command].items() if d not in ("help", "config")}
     values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
     unknown = sorted(set(values) - set(actions))
     if unknown:
@@ -299,14 +188,8 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.
         action = actions[dest]
         action.required = False
         values[dest] = _config_value(action, value, f"config {path}: {dest}")
-    subparser.set_defaults(**values)
-    args = parser.parse_args(argv)
-    # The settings the file decides (no flag overrode them), to name in their errors.
-    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
-    args.config_keys = {
-        d: f"config {path}: {d}" for d in values if not given & set(actions[d].option_strings)
-    }
-    return args
+    commands.parsers[command].set_defaults(**values)
+    return parser.parse_args(argv)
 
 
 def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
@@ -332,14 +215,12 @@ def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
 def _config_scalar(action: argparse.Action, value: Any, where: str) -> Any:
     kind = action.type
     numeric = {int: (int,), _positive_int: (int,), float: (int, float)}.get(kind)
-    wrong = isinstance(value, bool) and kind is not _bool
+    wrong = isinstance(value, bool)
     if numeric and not isinstance(value, (*numeric, str)) or wrong:
         expected = {int: "a whole number", float: "a number"}.get(numeric and numeric[-1], "")
         raise UserError(f"{where} must be {expected or 'a string'}, got {value!r}")
-    if kind is _bool and not isinstance(value, bool):
-        raise UserError(f"{where} must be true or false (unquoted), got {value!r}")
     try:
-        converted = kind(str(value)) if kind is not None and kind is not _bool else value
+        converted = kind(str(value)) if kind is not None else value
     except argparse.ArgumentTypeError as exc:
         raise UserError(f"{where} {exc}") from exc
     except (TypeError, ValueError) as exc:
@@ -381,47 +262,14 @@ def _how_to_continue(out: Path, argv: list[str]) -> str:
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
-    from .train import TrainConfig, fit
+    from .config_cli import build_config
+    from .train import fit
 
-    cfg = TrainConfig(
-        data=args.data,
-        category=args.category,
-        out=args.out,
-        layout=args.layout,
-        train_fraction=args.train_fraction if args.train_fraction is not None else 0.5,
-        backbone=args.backbone,
-        teacher_weights=str(args.teacher_weights),
-        skip=args.skip,
-        image_size=args.image_size,
-        epochs=args.epochs,
-        batch_size=args.batch_size or 16,
-        lr=args.lr,
-        betas=tuple(args.betas),
-        alpha=args.alpha,
-        beta=args.beta,
-        gamma=args.gamma,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        checkpoint_every=args.checkpoint_every,
-        val_fraction=args.val_fraction,
-        val_every=args.val_every,
-        select=args.select,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        cache_features=args.cache_features,
-        augment=args.augment,
-        compile=args.compile,
-    )
+    cfg = build_config(args, args.config, required=TRAIN_REQUIRED)
     try:
         result = fit(cfg)
-    except ConfigError as exc:
-        where = getattr(args, "config_keys", {}).get(exc.field)
-        raise exc.named(where) if where else exc from None
     except KeyboardInterrupt:
-        raise Interrupted(_how_to_continue(Path(cfg.out), args.argv)) from None
+        raise Interrupted(_how_to_continue(Path(cfg.train.out), args.argv)) from None
     return {
         "model": str(result.model_path),
         "epochs": result.epochs_run,
@@ -440,7 +288,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         Path(args.out),
         layout=args.layout,
         device=args.device,
-        batch_size=args.batch_size or 32,
+        batch_size=args.batch_size,
         precision=args.precision,
         overlays=args.overlays,
         curves=args.curves,
@@ -459,7 +307,7 @@ def _predict(args: argparse.Namespace) -> dict[str, Any]:
         threshold=args.threshold,
         overlays=not args.no_overlays,
         device=args.device,
-        batch_size=args.batch_size or 32,
+        batch_size=args.batch_size,
         precision=args.precision,
     )
     return {
@@ -470,43 +318,27 @@ def _predict(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _demo(args: argparse.Namespace) -> dict[str, Any]:
+    from .config_cli import build_config
     from .data import make_default_dataset
     from .data.default_dataset import DEFAULT_CATEGORIES
     from .evaluate import evaluate
-    from .train import TrainConfig, fit
+    from .train import fit
 
     data, out = Path(args.data), Path(args.out)
     if not (data / "manifest.json").is_file():
         make_default_dataset(data)
+    base = build_config(args, args.config, preset=DEMO_PRESET)
+    epochs = base.train.epochs
     summary = {}
     for cat in DEFAULT_CATEGORIES:
-        cfg = TrainConfig(
-            data=str(data),
-            category=cat,
-            out=str(out / cat),
-            backbone=args.backbone,
-            teacher_weights=str(args.teacher_weights),
-            skip=args.skip,
-            image_size=args.image_size,
-            epochs=args.epochs,
-            batch_size=args.batch_size or 16,
-            device=args.device,
-            precision=args.precision,
-            checkpoint_every=max(1, args.epochs),
-            val_every=max(1, args.epochs),
-            val_fraction=0.25,
-            overwrite=True,  # the demo re-runs into the same folder
-        )
+        cfg = base.with_values({
+            "data.root": str(data), "data.category": cat, "train.out": str(out / cat),
+            "train.checkpoint_every": epochs, "train.val_every": epochs,
+            "train.overwrite": True,  # the demo re-runs into the same folder
+        })  # fmt: skip
         result = fit(cfg)
-        m = evaluate(
-            result.model_path,
-            data,
-            cat,
-            out / cat / "eval",
-            device=args.device,
-            overlays=3,
-            curves=True,
-        )
+        m = evaluate(result.model_path, data, cat, out / cat / "eval",
+                     device=cfg.runtime.device, overlays=3, curves=True)  # fmt: skip
         summary[cat] = {k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro")}
         print(
             f"{cat}: image AUROC {m['image_auroc']:.3f}  pixel AUROC {m['pixel_auroc']:.3f}  "
@@ -516,33 +348,29 @@ def _demo(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _make_dataset(args: argparse.Namespace) -> dict[str, Any]:
+    from .data import make_default_dataset
+    from .data.default_dataset import MakeSettings
+
+    sizes = {f.name: getattr(args, f.name) for f in dataclasses.fields(MakeSettings)}
+    try:
+        manifest = make_default_dataset(Path(args.out), categories=tuple(args.categories), **sizes)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    except OSError as exc:
+        raise UserError(
+            f"cannot write the dataset to {args.out} ({exc.strerror}); choose another --out"
+        ) from exc
+    return {"out": args.out, "files": len(manifest)}
+
+
 def run(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser, commands = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _apply_config(parser, argv)
+    args = _apply_config(parser, commands, argv)
     args.argv = argv
     if args.command == "make-dataset":
-        from .data import make_default_dataset
-
-        kwargs = dict(
-            image_size=args.image_size,
-            crop_size=args.crop_size,
-            n_train=args.n_train,
-            n_test_good=args.n_test_good,
-            n_test_defect=args.n_test_defect,
-            seed=args.seed,
-        )
-        if args.categories:
-            kwargs["categories"] = tuple(args.categories)
-        try:
-            manifest = make_default_dataset(Path(args.out), **kwargs)
-        except ValueError as exc:
-            raise UserError(str(exc)) from exc
-        except OSError as exc:
-            raise UserError(
-                f"cannot write the dataset to {args.out} ({exc.strerror}); choose another --out"
-            ) from exc
-        result: Any = {"out": args.out, "files": len(manifest)}
+        result: Any = _make_dataset(args)
     elif args.command == "prepare-visa":
         from .data import prepare_visa
 

@@ -23,13 +23,15 @@ class TrainingDiverged(UserError):
 
 
 class ConfigError(UserError):
-    """A setting with a wrong type or value. ``field`` names it; ``problem`` says what is
-    wrong and how to fix it. Each front end names the setting its own way (a flag, a
-    ``--config`` key, a ``params.yaml`` key): the plain message uses the flag."""
+    """A setting with a wrong type or value. ``field`` names it (``section.field`` for a
+    :class:`skrd4ad.config.Config` setting); ``problem`` says what is wrong and how to fix
+    it. Each front end names the setting its own way (a flag, a ``--config`` key, a
+    ``params.yaml`` key): the plain message uses the flag."""
 
-    def __init__(self, field: str, problem: str) -> None:
+    def __init__(self, field: str, problem: str, flag: str | None = None) -> None:
         self.field, self.problem = field, problem
-        super().__init__(f"--{field.replace('_', '-')} {problem}")
+        flag = flag or "--" + field.rsplit(".", 1)[-1].replace("_", "-")
+        super().__init__(f"{flag} {problem}")
 
     def named(self, where: str) -> UserError:
         """The same error naming the setting as ``where`` (e.g. ``params.yaml: train.epochs``)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,65 +11,10 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write_text, ensure_writable_dir
-from .data import TensorSet, decode_test_split, load_category
-from .metrics import (
-    UndefinedMetricWarning,
-    aupro,
-    f1_max,
-    image_auroc,
-    pixel_auroc,
-    pixel_f1_max,
-    pro_curve,
-)
-from .results import METRIC_KEYS, PIXEL_KEYS, json_text
-
-NO_MASKS = "the dataset has no ground-truth masks (image-level only)"
-
-
-def score_tensor_set(maps: torch.Tensor, scores: torch.Tensor, ts: TensorSet) -> dict[str, Any]:
-    """Every metric of :data:`METRIC_KEYS` for the set; a metric that is undefined for it
-    (no masks, a single class) is None, with the reason under ``absent``."""
-    labels = ts.labels.to(scores.device)
-    out: dict[str, Any] = {}
-    absent: dict[str, str] = {}
-
-    def measure(key: str, fn, *args) -> None:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UndefinedMetricWarning)
-            value = fn(*args)
-        out[key] = None if value != value else value  # nan: undefined
-        reasons = [str(w.message) for w in caught if w.category is UndefinedMetricWarning]
-        for w in caught:  # still shown; the reason is also recorded beside the null
-            warnings.warn(w.message, w.category, stacklevel=3)
-        if out[key] is None:
-            absent[key] = reasons[0] if reasons else "undefined for this set"
-
-    measure("image_auroc", image_auroc, scores, labels)
-    measure("image_f1_max", lambda s, y: f1_max(s, y)[0], scores, labels)
-    if ts.masks is None:
-        out.update(dict.fromkeys(PIXEL_KEYS))
-        absent.update(dict.fromkeys(PIXEL_KEYS, NO_MASKS))
-    else:
-        masks = ts.masks.to(maps.device)
-        for key, fn in (
-            ("pixel_auroc", pixel_auroc),
-            ("aupro", aupro),
-            ("pixel_f1_max", pixel_f1_max),
-        ):
-            measure(key, fn, maps, masks)
-    out = {k: out[k] for k in METRIC_KEYS}
-    if absent:
-        out["absent"] = absent
-    return out
-
-
-def best_f1_threshold(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
-    """The image-score threshold with the best F1 (score >= threshold is anomalous), from
-    scikit-learn's precision-recall curve; None when the labels hold a single class."""
-    y = labels.cpu().numpy().astype(bool)
-    if y.all() or not y.any():
-        return None
-    return f1_max(scores, labels)[1]
+from .data import decode_test_split, load_category
+from .metrics import pro_curve
+from .results import json_text
+from .scoring import score_tensor_set
 
 
 def evaluate(
@@ -89,6 +33,7 @@ def evaluate(
     precision: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the test split; writes ``out/metrics.json`` atomically."""
+    from .checkpoint import stored_config
     from .inference import Predictor
 
     t_start = time.perf_counter()
@@ -101,12 +46,10 @@ def evaluate(
         expect_backbone=backbone,
     )
     dev, state = predictor.device, predictor.state
-    cfg = state.get("config", {})
+    cfg = stored_config(state)
     # The folder layout's train/test split must be the one the model was trained with.
-    fraction = train_fraction if train_fraction is not None else cfg.get("train_fraction", 0.5)
-    cat = load_category(
-        Path(data), category, layout, train_fraction=fraction, seed=cfg.get("seed", 111)
-    )
+    fraction = train_fraction if train_fraction is not None else cfg.data.train_fraction
+    cat = load_category(Path(data), category, layout, train_fraction=fraction, seed=cfg.train.seed)
     t0 = time.perf_counter()
     ts = decode_test_split(cat, predictor.image_size)
     t_decode = time.perf_counter() - t0

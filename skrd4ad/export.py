@@ -56,15 +56,17 @@ class AnomalyDetector(nn.Module):
 
 
 def _metadata(state: dict[str, Any], image_size: int) -> dict[str, Any]:
-    cfg = state.get("config", {})
+    from .checkpoint import stored_config
+
+    cfg = stored_config(state)
     return {
         "image_size": image_size,
         "input": "uint8 (N, 3, S, S) RGB, resized bilinear antialiased; no normalisation",
         "outputs": ["anomaly_map float32 (N, S, S)", "score float32 (N,)"],
         "threshold": state.get("threshold"),
-        "backbone": cfg.get("backbone"),
-        "skip": cfg.get("skip"),
-        "category": cfg.get("category"),
+        "backbone": cfg.model.backbone,
+        "skip": cfg.model.skip,
+        "category": cfg.data.category,
         "epoch": state.get("epoch"),
     }
 

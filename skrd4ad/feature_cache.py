@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import time
+import typing
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from .inference import autocast, to_input
+from .config import CacheMode
 from .models.reverse_distillation.torch_model import SKRD4AD
+from .runtime import Runtime
 
-MODES = ("auto", "on", "off")
+MODES = typing.get_args(CacheMode)
 # Share of the free GPU memory the cache may take; the rest is for training itself.
 GPU_SHARE = 0.5
 # Share of the available host memory the caches being built on this machine may take.
@@ -141,56 +143,48 @@ def use_cache(mode: str, augment: str) -> bool:
 
 @torch.no_grad()
 def build_cache(
-    model: SKRD4AD,
-    images: torch.Tensor,
-    *,
-    device: torch.device,
-    precision: str,
-    channels_last: bool,
-    batch_size: int = 32,
+    model: SKRD4AD, images: torch.Tensor, runtime: Runtime, batch_size: int = 32
 ) -> FeatureCache | None:
     """Run the teacher over uint8 ``images`` (N, 3, S, S) once, in batches; None, with a
     warning, when host memory cannot hold it (the caller recomputes the features).
 
     no_grad, not inference_mode: the cached tensors feed the student's backward pass.
     """
-    first = _teacher(model, images[:1], device, precision, channels_last)
+    device = runtime.device
+    first = _teacher(model, images[:1], runtime)
     per_image = sum(f[0].numel() for f in first) * first[0].element_size()
     on_gpu = (
         device.type == "cuda"
         and per_image * images.shape[0] <= GPU_SHARE * (torch.cuda.mem_get_info(device)[0])
     )
     if on_gpu:
-        return _fill(model, images, first, device, device, precision, channels_last, batch_size)
+        return _fill(model, images, first, runtime, device, batch_size)
     with host_reservation(per_image * images.shape[0]) as problem:
         if problem:
             warnings.warn(problem, ResourceWarning, stacklevel=2)
             return None
-        place = torch.device("cpu")
-        return _fill(model, images, first, device, place, precision, channels_last, batch_size)
+        return _fill(model, images, first, runtime, torch.device("cpu"), batch_size)
 
 
-def _fill(model, images, first, device, place, precision, channels_last, batch_size):
+def _fill(model, images, first, runtime: Runtime, place: torch.device, batch_size: int):
     t0 = time.perf_counter()
-    n = images.shape[0]
+    n, device = images.shape[0], runtime.device
     dtype = first[0].dtype
     pin = device.type == "cuda" and place.type == "cpu"
     levels = [
         torch.empty((n, *f.shape[1:]), dtype=dtype, device=place, pin_memory=pin) for f in first
     ]
     for start in range(0, n, batch_size):
-        feats = _teacher(
-            model, images[start : start + batch_size], device, precision, channels_last
-        )
+        feats = _teacher(model, images[start : start + batch_size], runtime)
         for store, f in zip(levels, feats, strict=True):
             store[start : start + f.shape[0]].copy_(f, non_blocking=False)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     where = f"{'pinned' if pin else place.type}-{str(dtype).removeprefix('torch.')}"
-    return FeatureCache(levels, where, time.perf_counter() - t0, channels_last, device)
+    return FeatureCache(levels, where, time.perf_counter() - t0, runtime.channels_last, device)
 
 
-def _teacher(model, images, device, precision, channels_last) -> list[torch.Tensor]:
-    x = to_input(images, device, channels_last)
-    with autocast(device, precision):
+def _teacher(model: SKRD4AD, images: torch.Tensor, runtime: Runtime) -> list[torch.Tensor]:
+    x = runtime.to_input(images)
+    with runtime.autocast():
         return [f.contiguous() for f in model.teacher(x)]

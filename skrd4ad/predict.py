@@ -41,7 +41,7 @@ def _match_threshold_precision(predictor: Predictor, asked: str | None) -> None:
     if wanted is None or predictor.precision == wanted:
         return
     if asked is None:
-        predictor.precision = wanted
+        predictor.runtime = predictor.runtime.with_precision(wanted)
         return
     print(
         f"predict: warning: scoring in {predictor.precision}, but the checkpoint's threshold "

@@ -1,15 +1,16 @@
-"""Single-process, device-agnostic training of one category.
+"""Single-process, device-agnostic training of one category: a short generic loop
+(:class:`Trainer`) that calls the model's hooks
+(:mod:`skrd4ad.models.reverse_distillation.hooks`) and the callbacks.
 
-Ray and MLflow attach through ``callbacks`` (a metrics dict per epoch) without this
+Ray, Tune and MLflow attach through :class:`skrd4ad.callbacks.Callback` without this
 module importing them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,165 +19,46 @@ import torch
 from tqdm.auto import tqdm
 
 from .atomic import atomic_write_text, ensure_writable_dir, remove_stale_temporaries
-from .checkpoint import read_checkpoint, save_checkpoint
-from .data import LAYOUTS, category_tensors, load_category
-from .errors import CheckpointError, ConfigError, TrainingDiverged, UserError
-from .evaluate import best_f1_threshold, score_tensor_set
-from .feature_cache import MODES as CACHE_MODES
+from .callbacks import Callback, OnEpochEnd
+from .checkpoint import read_checkpoint, save_checkpoint, stored_config
+from .config import Config
+from .data import category_tensors, load_category
+from .errors import CheckpointError, TrainingDiverged, UserError
 from .feature_cache import build_cache, use_cache
-from .inference import (
-    DEVICES,
-    PRECISIONS,
-    THRESHOLD_PRECISION,
-    autocast,
-    float32_numerics,
-    predict_maps,
-    prepare_model,
-    resolve_device,
-    resolve_precision,
-    to_input,
-)
-from .models import BACKBONES, SKIP_TOPOLOGIES, build_model
-from .models.reverse_distillation.loss import SKRD4ADLoss
-from .models.reverse_distillation.torch_model import Student
+from .models.reverse_distillation.hooks import ReverseDistillation
 from .results import json_text
-from .validation import check_choice, check_types
+from .runtime import THRESHOLD_PRECISION, Runtime
+from .scoring import best_f1_threshold
 
-Callback = Callable[[dict[str, Any]], None]
+__all__ = ["Callback", "OnEpochEnd", "TrainResult", "Trainer", "fit"]
+
 LAST = "last.pt"
 BEST = "best.pt"
 MODEL = "model.pt"
-SELECT = ("last", "best-val")
-AUGMENT = ("none", "hflip")
-# Settings that change what a checkpoint's weights mean; resuming with others is an error.
-_FIXED_ON_RESUME = ("backbone", "skip", "image_size", "teacher_weights", "seed", "category")
-# Settings that choose the training images; resuming with others would train on another set.
-_FIXED_ON_RESUME += ("layout", "train_fraction", "val_fraction")
+LOSS_TERMS = ("loss", "l2", "cosine", "consistency")
+# Settings that change what a checkpoint's weights mean, or choose the training images:
+# resuming with others is an error.
+FIXED_ON_RESUME = (
+    "model.backbone",
+    "model.skip",
+    "model.teacher_weights",
+    "train.image_size",
+    "train.seed",
+    "data.category",
+    "data.layout",
+    "data.train_fraction",
+    "train.val_fraction",
+)
 # Bookkeeping, not training: a resume may change these without a record (the shared-scope
 # search resumes with one more epoch each time).
-_UNRECORDED_ON_RESUME = ("epochs", "resume", "overwrite", "progress", "out", "data")
-
-
-@dataclass
-class TrainConfig:
-    """Every training setting; defaults are the published ones where the paper has one."""
-
-    data: str = "data/default"
-    category: str | None = None
-    out: str = "runs/train"
-    layout: str = "auto"
-    train_fraction: float = 0.5
-    backbone: str = "wide_resnet50_2"
-    teacher_weights: str = "imagenet"
-    skip: str = "sk"
-    image_size: int = 256
-    epochs: int = 200
-    batch_size: int = 16
-    lr: float = 0.005
-    betas: tuple[float, float] = (0.5, 0.999)
-    alpha: float = 0.0
-    beta: float = 1.0
-    gamma: float = 0.05
-    seed: int = 111
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool = True
-    checkpoint_every: int = 10
-    val_fraction: float = 0.1
-    val_every: int = 10
-    select: str = "last"
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
-    eval_batch_size: int = 32
-    # Teacher features once per image, reused every epoch (skrd4ad/feature_cache.py):
-    # auto/on = cached unless augmenting, off = recomputed every step.
-    cache_features: str = "auto"
-    augment: str = "none"  # none | hflip (random horizontal flips; turns the cache off)
-    # torch.compile of the student (bottleneck + decoder): off until measured to help on
-    # the device at hand (benchmarks/bench_step.py --compile); the first step compiles.
-    compile: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise UserError(f"unknown training settings {unknown}; known: {sorted(names)}")
-        d = dict(d)
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        return cls(**d)
-
-    def validate(self) -> None:
-        """Types, choices and ranges of every setting; a ConfigError names the first bad one.
-        Every front end (flags, --config, params.yaml, a tune space) builds a TrainConfig,
-        so this is where their values are checked, once, before any work starts."""
-        check_types(self)
-        self._check_ranges()
-        self._check_choices()
-
-    def _check_ranges(self) -> None:
-        counts = ("epochs", "batch_size", "image_size", "checkpoint_every", "val_every")
-        for name in (*counts, "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
-        if self.image_size % 32:
-            nearest = max(32, round(self.image_size / 32) * 32)
-            raise ConfigError(
-                "image_size",
-                f"must be a multiple of 32 (the teacher's stride), got {self.image_size}; "
-                f"e.g. {nearest}",
-            )
-        for name in ("alpha", "beta", "gamma"):
-            if getattr(self, name) < 0:
-                raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
-        if self.alpha == self.beta == self.gamma == 0:
-            raise ConfigError(
-                "alpha",
-                "and --beta and --gamma are all 0: the loss would be 0 and nothing "
-                "would train; set at least one above 0 (published: beta 1, gamma 0.05)",
-            )
-        if self.lr <= 0:
-            raise ConfigError("lr", f"must be above 0, got {self.lr}")
-        if not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError("betas", f"must both be in [0, 1), got {list(self.betas)}")
-        if not 0 < self.train_fraction < 1:
-            raise ConfigError("train_fraction", f"must be in (0, 1), got {self.train_fraction}")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
-
-    def _check_choices(self) -> None:
-        for name, choices in (
-            ("backbone", sorted(BACKBONES)),
-            ("skip", SKIP_TOPOLOGIES),
-            ("layout", LAYOUTS),
-            ("device", DEVICES),
-            ("precision", PRECISIONS),
-            ("cache_features", CACHE_MODES),
-            ("augment", AUGMENT),
-            ("select", SELECT),
-        ):
-            check_choice(name, getattr(self, name), choices)
-        weights = self.teacher_weights
-        if weights not in ("imagenet", "none") and not Path(weights).is_file():
-            raise ConfigError(
-                "teacher_weights",
-                f"{weights} is not a file; pass 'imagenet', 'none' (random weights) or the "
-                "path of a torchvision state dict file",
-            )
-        if self.cache_features == "on" and self.augment != "none":
-            raise UserError(
-                "--cache-features on needs --augment none: augmented inputs change the "
-                "teacher features every epoch (use auto to fall back to recomputing)"
-            )
-        if self.select == "best-val" and self.val_fraction <= 0:
-            raise UserError("--select best-val needs a validation split: set --val-fraction > 0")
+UNRECORDED_ON_RESUME = (
+    "train.epochs",
+    "train.resume",
+    "train.overwrite",
+    "train.progress",
+    "train.out",
+    "data.root",
+)
 
 
 @dataclass
@@ -189,6 +71,16 @@ class TrainResult:
     val_metrics: dict[str, Any] | None = None
 
 
+@dataclass
+class RunState:
+    """What a checkpoint carries besides the weights, and a resume restores."""
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"value": -math.inf, "epoch": None})
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+
+
 def batch_bounds(n: int, batch: int) -> list[tuple[int, int]]:
     """(start, stop) of each batch over ``n`` images. A trailing batch of one image joins
     the one before: BatchNorm cannot train on one image whose features are 1x1 (the
@@ -199,299 +91,249 @@ def batch_bounds(n: int, batch: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def _resume_changes(state: dict, cfg: TrainConfig) -> dict[str, list[Any]]:
+def epoch_order(n: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Generator]:
+    """The epoch's shuffle and its flip generator, functions of (seed, epoch) only, so that
+    a resumed run sees the same batches as an uninterrupted one."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return order, torch.Generator().manual_seed(seed * 100_003 + epoch + 7)
+
+
+def resume_changes(old: Config, new: Config) -> dict[str, list[Any]]:
     """The settings that differ from the checkpoint's, as {name: [old, new]}: each applies
     from the resumed epoch on, and the checkpoint records it, so its config stays true."""
-    old, new = state.get("config", {}), cfg.to_dict()
+    before, after = old.flat(), new.flat()
     return {
-        k: [old[k], new[k]]
-        for k in new
-        if k in old and old[k] != new[k] and k not in _UNRECORDED_ON_RESUME
+        k: [before[k], v]
+        for k, v in after.items()
+        if before[k] != v and k not in UNRECORDED_ON_RESUME
     }
 
 
-def _check_run_folder(out: Path, cfg: TrainConfig) -> None:
+def prepare_run_folder(out: Path, cfg: Config) -> Path:
     """A run folder that holds a run is continued (--resume) or replaced (--overwrite),
-    never overwritten silently."""
+    never overwritten silently. Returns it, created and writable."""
     existing = [n for n in (LAST, BEST, MODEL) if (out / n).exists()]
-    if not existing or cfg.resume:
-        return
-    if not cfg.overwrite:
-        raise UserError(
-            f"{out} already holds a training run ({', '.join(existing)}); pass --resume to "
-            "continue it, --overwrite to replace it, or a new --out"
-        )
-    for name in (*existing, "train_history.json"):
-        (out / name).unlink(missing_ok=True)
-
-
-def _check_resume(state: dict, cfg: TrainConfig, path: Path) -> None:
-    old = state.get("config", {})
-    for key in _FIXED_ON_RESUME:
-        if key in old and old[key] != getattr(cfg, key):
-            raise CheckpointError(
-                f"cannot resume from {path}: it was trained with {key}={old[key]!r}, not "
-                f"{getattr(cfg, key)!r}; use the same setting or a new --out"
+    if existing and not cfg.train.resume:
+        if not cfg.train.overwrite:
+            raise UserError(
+                f"{out} already holds a training run ({', '.join(existing)}); pass --resume "
+                "to continue it, --overwrite to replace it, or a new --out"
             )
-
-
-def fit(cfg: TrainConfig, callbacks: Iterable[Callback] = ()) -> TrainResult:
-    """Train one category. Writes last.pt every ``checkpoint_every`` epochs and at the end,
-    best.pt when selecting on validation, and model.pt (the final model).
-
-    Each callback gets the epoch's metrics after that epoch's checkpoint is on disk; the
-    key ``checkpoint`` (the path of last.pt) is present when one was written that epoch.
-    ``precision`` fp32 on CUDA is true float32 (no TF32), forward and backward.
-    """
-    cfg.validate()
-    with float32_numerics(resolve_device(cfg.device), cfg.precision):
-        return _fit(cfg, list(callbacks))
-
-
-def _fit(cfg: TrainConfig, callbacks: list[Callback]) -> TrainResult:
-    _check_run_folder(Path(cfg.out), cfg)
-    out = ensure_writable_dir(Path(cfg.out))
+        for name in (*existing, "train_history.json"):
+            (out / name).unlink(missing_ok=True)
+    out = ensure_writable_dir(out)
     remove_stale_temporaries(out)  # of a write a killed run never finished
-    device = resolve_device(cfg.device)
-    data = load_category(
-        Path(cfg.data), cfg.category, cfg.layout, train_fraction=cfg.train_fraction, seed=cfg.seed
-    )
-    cfg.category = cfg.category or data.name
-    train_set, val_set = category_tensors(data, cfg.image_size, cfg.val_fraction, cfg.seed)
+    return out
 
-    rank, world = _distributed()
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.backbone, cfg.teacher_weights, cfg.skip)
-    model = prepare_model(model, device, cfg.channels_last)
-    student_net: torch.nn.Module = Student(model.bottleneck, model.decoder, model.skip)
-    if world > 1:
-        # Data-parallel: each rank takes its share of every global batch; DDP averages
-        # the gradients. BatchNorm statistics follow rank 0 (DDP's buffer broadcast).
-        student_net = torch.nn.parallel.DistributedDataParallel(
-            student_net, device_ids=[device.index] if device.type == "cuda" else None
+
+def fit(cfg: Config, callbacks: Iterable[Callback] = ()) -> TrainResult:
+    """Train one category. Writes last.pt every ``train.checkpoint_every`` epochs and at
+    the end, best.pt when selecting on validation, and model.pt (the final model).
+    ``precision`` fp32 on CUDA is true float32 (no TF32), forward and backward."""
+    cfg.validate()
+    cfg.check_files()
+    runtime = Runtime.create(cfg.runtime.device, cfg.runtime.precision, cfg.runtime.channels_last)
+    with runtime.float32_numerics():
+        return Trainer(cfg, runtime, list(callbacks)).fit()
+
+
+class Trainer:
+    """The generic loop: ``fit`` runs ``train_epoch`` and ``end_epoch`` (validation,
+    checkpoint, callbacks) per epoch, then ``finalise``; ``resume`` restores a run."""
+
+    def __init__(self, cfg: Config, runtime: Runtime, callbacks: list[Callback]) -> None:
+        self.out = prepare_run_folder(Path(cfg.train.out), cfg)
+        d = cfg.data
+        data = load_category(
+            Path(d.root), d.category, d.layout, train_fraction=d.train_fraction,
+            seed=cfg.train.seed,
+        )  # fmt: skip
+        d.category = d.category or data.name
+        self.train_set, self.val_set = category_tensors(
+            data, cfg.train.image_size, cfg.train.val_fraction, cfg.train.seed
         )
-    if cfg.compile:
-        student_net = torch.compile(student_net)
-    params = [*model.bottleneck.parameters(), *model.decoder.parameters()]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
-    loss_fn = SKRD4ADLoss(cfg.alpha, cfg.beta, cfg.gamma)
+        self.cfg, self.runtime, self.callbacks = cfg, runtime, callbacks
+        self.module = ReverseDistillation(cfg, runtime)
+        self.optimizer = self.module.configure_optimizers(cfg)
+        self.state = RunState()
+        self.cache = None
 
-    start_epoch, history, best = 0, [], {"value": -math.inf, "epoch": None}
-    resumes: list[dict[str, Any]] = []
-    last_path = out / LAST
-    if cfg.resume:
-        if not last_path.is_file():
-            raise CheckpointError(
-                f"--resume: no checkpoint {last_path} to resume from; drop --resume"
-            )
-        state = read_checkpoint(last_path)
-        _check_resume(state, cfg, last_path)
-        model.teacher.load_state_dict(state["teacher"])
-        model.bottleneck.load_state_dict(state["bottleneck"])
-        model.decoder.load_state_dict(state["decoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # the optimizer state holds the old ones
-            group["lr"], group["betas"] = cfg.lr, cfg.betas
-        start_epoch, history = state["epoch"], list(state.get("history", []))
-        best = state.get("best", best)
-        resumes = list(state.get("resumes", []))
-        changed = _resume_changes(state, cfg)
-        if changed:
-            resumes.append({"epoch": start_epoch, "changed": changed})
-            if cfg.progress:
-                tqdm.write(
-                    f"resuming after epoch {start_epoch} with "
-                    + ", ".join(f"{k} {v[1]!r} (was {v[0]!r})" for k, v in changed.items())
-                )
+    def log(self, line: str) -> None:
+        if self.cfg.train.progress:
+            tqdm.write(line)
 
-    def checkpoint(path: Path, epoch: int) -> None:
-        if rank != 0:  # one writer; every rank holds the same weights
-            return
-        save_checkpoint(
-            path,
-            model,
-            optimizer=optimizer.state_dict(),
-            epoch=epoch,
-            config=cfg.to_dict(),
-            history=history,
-            best=best,
-            resumes=resumes,
-        )
+    def fit(self) -> TrainResult:
+        if self.cfg.train.resume:
+            self.resume(self.out / LAST)
+        epochs = self.cfg.train.epochs
+        if self.state.epoch < epochs:
+            self.cache = self.build_cache()
+        for epoch in range(self.state.epoch, epochs):
+            metrics = self.train_epoch(epoch)
+            self.end_epoch(epoch, metrics)
+        self.runtime.barrier()  # rank 0's last.pt is on disk before anyone reads it
+        return self.finalise()
 
-    n = len(train_set)
-    cache = None
-    if use_cache(cfg.cache_features, cfg.augment) and start_epoch < cfg.epochs:
+    def build_cache(self) -> Any:
+        rt = self.cfg.runtime
+        if not use_cache(rt.cache_features, self.cfg.train.augment):
+            return None
         cache = build_cache(
-            model,
-            train_set.images,
-            device=device,
-            precision=cfg.precision,
-            channels_last=cfg.channels_last,
-            batch_size=cfg.eval_batch_size,
+            self.module.model, self.train_set.images, self.runtime, rt.eval_batch_size
         )
-        if cfg.progress and cache is not None:
-            tqdm.write(
+        if cache is not None:
+            self.log(
                 f"teacher features cached ({cache.where}, {cache.nbytes / 2**20:.0f} MiB) "
                 f"in {cache.build_s:.1f} s"
             )
-    for epoch in range(start_epoch, cfg.epochs):
-        model.bottleneck.train()
-        model.decoder.train()
-        # A per-epoch generator makes the shuffle a function of (seed, epoch), so a resumed
-        # run sees the same batches as an uninterrupted one.
-        order = torch.randperm(
-            n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        )
-        flips = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 7)
-        if world > 1:  # equal shares, so every rank takes the same number of steps
-            order = order[: n - n % world][rank::world]
+        return cache
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over this rank's share of the training images; the epoch's mean loss
+        terms over the world, and throughput."""
+        cfg, rt = self.cfg.train, self.runtime
+        self.module.train()
+        order, flips = epoch_order(len(self.train_set), cfg.seed, epoch)
+        order = rt.shard(order)
         # Sums stay on the device: reading a loss every step would stall a GPU.
-        sums = torch.zeros(4, dtype=torch.float64, device=device)
-        t0 = time.perf_counter()
-        batch = max(1, cfg.batch_size // world)
-        seen = len(order)
-        bar = tqdm(
-            batch_bounds(seen, batch),
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not cfg.progress,
-            leave=False,
-        )
+        sums = torch.zeros(len(LOSS_TERMS), dtype=torch.float64, device=rt.device)
+        t0, seen = time.perf_counter(), len(order)
+        bounds = batch_bounds(seen, max(1, cfg.batch_size // rt.world))
+        bar = tqdm(bounds, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+                   leave=False)  # fmt: skip
         for step, (start, stop) in enumerate(bar):
             idx = order[start:stop]
-            if cache is not None:
-                teacher = cache.batch(idx)
-                with autocast(device, cfg.precision):
-                    student = student_net(teacher)
-            else:
-                images = train_set.images[idx]
-                if cfg.augment == "hflip":
-                    flip = torch.rand(len(idx), generator=flips) < 0.5
-                    images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
-                x = to_input(images, device, cfg.channels_last)
-                with autocast(device, cfg.precision):
-                    teacher = model.teacher(x)
-                    student = student_net(teacher)
-            loss, terms = loss_fn(teacher, student)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            values = torch.stack([loss, terms["l2"], terms["cosine"], terms["consistency"]])
+            loss, terms = self.step(idx, flips)
+            values = torch.stack([loss, *(terms[k] for k in LOSS_TERMS[1:])])
             sums += values.detach().double() * len(idx)
             if cfg.progress and (step % 10 == 0 or stop >= seen):
                 done = start + len(idx)
-                bar.set_postfix(
-                    loss=f"{float(sums[0]) / done:.4f}",
-                    img_s=f"{done / (time.perf_counter() - t0):.1f}",
-                )
-        if world > 1:
-            torch.distributed.all_reduce(sums)
-            seen *= world
-        totals = (sums / seen).tolist()
+                bar.set_postfix(loss=f"{float(sums[0]) / done:.4f}",
+                                img_s=f"{done / (time.perf_counter() - t0):.1f}")  # fmt: skip
+        totals = (rt.all_reduce(sums) / (seen * rt.world)).tolist()
         seconds = time.perf_counter() - t0
         if not all(math.isfinite(v) for v in totals):
+            last = self.out / LAST
             raise TrainingDiverged(
                 f"loss became {totals[0]} in epoch {epoch + 1}; stopped, and the last good "
-                f"checkpoint {last_path if last_path.exists() else '(none yet)'} is kept. "
+                f"checkpoint {last if last.exists() else '(none yet)'} is kept. "
                 "Lower --lr or check the input images"
             )
-        metrics: dict[str, Any] = {
-            "epoch": epoch + 1,
-            **dict(zip(("loss", "l2", "cosine", "consistency"), totals, strict=True)),
-            "epoch_s": seconds,
-            "images_per_s": seen / seconds,
-        }
-        if cache is not None and epoch == start_epoch:
-            metrics["teacher_cache_s"] = cache.build_s
+        metrics = {"epoch": epoch + 1, **dict(zip(LOSS_TERMS, totals, strict=True))}
+        metrics.update(epoch_s=seconds, images_per_s=seen * rt.world / seconds)
+        if self.cache is not None and epoch == self.state.epoch:
+            metrics["teacher_cache_s"] = self.cache.build_s
+        return metrics
+
+    def step(self, idx: torch.Tensor, flips: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """The training step on the images ``idx``: from the cached teacher features, or
+        from the images (flipped at random when augmenting)."""
+        if self.cache is not None:
+            return self.module.optimizer_step(self.optimizer, features=self.cache.batch(idx))
+        images = self.train_set.images[idx]
+        if self.cfg.train.augment == "hflip":
+            flip = torch.rand(len(idx), generator=flips) < 0.5
+            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+        return self.module.optimizer_step(self.optimizer, images=images)
+
+    def end_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """Validate when due, record the epoch, write last.pt when due, call back."""
+        cfg = self.cfg.train
         final = epoch + 1 == cfg.epochs
-        if val_set is not None and ((epoch + 1) % cfg.val_every == 0 or final):
-            val, _ = _validate(model, val_set, cfg, device)
-            metrics.update({f"val_{k}": v for k, v in val.items() if isinstance(v, float)})
-            objective = val.get("aupro")
-            if objective is not None and not math.isnan(objective) and objective > best["value"]:
-                best = {"value": objective, "epoch": epoch + 1}
-                if cfg.select == "best-val":
-                    checkpoint(out / BEST, epoch + 1)
-        history.append(dict(metrics))
-        if cfg.progress:
-            tqdm.write(
-                f"epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} "
-                f"({metrics['images_per_s']:.1f} img/s)"
-                + (f" val AUPRO {metrics['val_aupro']:.4f}" if "val_aupro" in metrics else "")
-            )
+        if self.val_set is not None and ((epoch + 1) % cfg.val_every == 0 or final):
+            self.validate(epoch + 1, metrics)
+        self.state.history.append(dict(metrics))
+        val = f" val AUPRO {metrics['val_aupro']:.4f}" if "val_aupro" in metrics else ""
+        self.log(
+            f"epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} "
+            f"({metrics['images_per_s']:.1f} img/s){val}"
+        )
         if (epoch + 1) % cfg.checkpoint_every == 0 or final:
-            checkpoint(last_path, epoch + 1)
-            if rank == 0:
-                metrics["checkpoint"] = str(last_path)
-        for cb in callbacks:
-            cb(dict(metrics))
+            self.save(self.out / LAST, epoch + 1)
+            if self.runtime.is_rank_zero:
+                for cb in self.callbacks:
+                    cb.on_checkpoint(self.out / LAST, epoch + 1)
+        for cb in self.callbacks:
+            cb.on_epoch_end(dict(metrics))
 
-    if world > 1:
-        torch.distributed.barrier()  # rank 0's last.pt is on disk before anyone reads it
-    return _finalise(cfg, out, model, val_set, history, best, device, rank, resumes)
+    def validate(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """Validation metrics into ``metrics``; a new best AUPRO is remembered (and saved
+        as best.pt when selecting on validation)."""
+        val, _ = self.module.validation_step(self.val_set)
+        metrics.update({f"val_{k}": v for k, v in val.items() if isinstance(v, float)})
+        objective = val.get("aupro")
+        if objective is not None and not math.isnan(objective):
+            if objective > self.state.best["value"]:
+                self.state.best = {"value": objective, "epoch": epoch}
+                if self.cfg.train.select == "best-val":
+                    self.save(self.out / BEST, epoch)
 
+    def save(self, path: Path, epoch: int, **extra: Any) -> None:
+        """A checkpoint of the model and run state; a resumable one (no ``extra``) holds
+        the optimizer state too."""
+        if not self.runtime.is_rank_zero:  # one writer; every rank holds the same weights
+            return
+        if not extra:
+            extra["optimizer"] = self.optimizer.state_dict()
+        s = self.state
+        save_checkpoint(
+            path, self.module.model, epoch=epoch, config=self.cfg.to_dict(),
+            history=s.history, best=s.best, resumes=s.resumes, **extra,
+        )  # fmt: skip
 
-def _val_maps(
-    model, val_set, cfg: TrainConfig, device, precision: str | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return predict_maps(
-        model,
-        val_set.images,
-        device=device,
-        batch_size=cfg.eval_batch_size,
-        precision=precision or cfg.precision,
-        channels_last=cfg.channels_last,
-    )
+    def resume(self, path: Path) -> None:
+        """Weights, optimizer and run state from ``path``; settings changed since are
+        recorded in ``resumes`` and apply from here on."""
+        if not path.is_file():
+            raise CheckpointError(f"--resume: no checkpoint {path} to resume from; drop --resume")
+        state = read_checkpoint(path)
+        old = stored_config(state)
+        for key, (was, now) in resume_changes(old, self.cfg).items():
+            if key in FIXED_ON_RESUME:
+                raise CheckpointError(
+                    f"cannot resume from {path}: it was trained with {key}={was!r}, not "
+                    f"{now!r}; use the same setting or a new --out"
+                )
+        self.module.load(state)
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the optimizer state holds the old ones
+            group["lr"], group["betas"] = self.cfg.optim.lr, self.cfg.optim.betas
+        self.state = RunState(
+            state["epoch"], list(state.get("history", [])), state.get("best", RunState().best),
+            list(state.get("resumes", [])),
+        )  # fmt: skip
+        changed = resume_changes(old, self.cfg)
+        if changed:
+            self.state.resumes.append({"epoch": self.state.epoch, "changed": changed})
+            self.log(
+                f"resuming after epoch {self.state.epoch} with "
+                + ", ".join(f"{k} {v[1]!r} (was {v[0]!r})" for k, v in changed.items())
+            )
 
-
-def _validate(model, val_set, cfg: TrainConfig, device) -> tuple[dict[str, Any], torch.Tensor]:
-    """Metrics on the synthetic validation split, and its image scores."""
-    maps, scores = _val_maps(model, val_set, cfg, device)
-    return score_tensor_set(maps, scores, val_set), scores
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _finalise(cfg, out, model, val_set, history, best, device, rank=0, resumes=()) -> TrainResult:
-    if rank != 0:
-        return TrainResult(out, out / MODEL, len(history), history)
-    source = out / (BEST if cfg.select == "best-val" and (out / BEST).exists() else LAST)
-    # The model in memory is the one last.pt holds; only a best.pt needs reading back.
-    epoch = history[-1]["epoch"] if history else 0
-    if source.name == BEST:
-        state = read_checkpoint(source)
-        for part in ("teacher", "bottleneck", "decoder"):
-            getattr(model, part).load_state_dict(state[part])
-        epoch = state["epoch"]
-    threshold, val_metrics = None, None
-    if val_set is not None:
-        val_metrics, scores = _validate(model, val_set, cfg, device)
-        if resolve_precision(device, cfg.precision) != THRESHOLD_PRECISION:
-            _, scores = _val_maps(model, val_set, cfg, device, precision=THRESHOLD_PRECISION)
-        threshold = best_f1_threshold(scores, val_set.labels)
-    model_path = out / MODEL
-    save_checkpoint(
-        model_path,
-        model,
-        epoch=epoch,
-        config=cfg.to_dict(),
-        history=history,
-        best=best,
-        threshold=threshold,
-        threshold_precision=THRESHOLD_PRECISION if threshold is not None else None,
-        val_metrics=val_metrics,
-        selected_from=source.name,
-        resumes=list(resumes),
-    )
-    atomic_write_text(out / "train_history.json", _json(history))
-    return TrainResult(out, model_path, len(history), history, threshold, val_metrics)
-
-
-def _json(obj: Any) -> str:
-    return json_text(obj, indent=1)
+    def finalise(self) -> TrainResult:
+        """model.pt: the last epoch's model, or best.pt's, with the validation threshold
+        (chosen on float32 scores, as predict and the exports compute them)."""
+        out, history = self.out, self.state.history
+        if not self.runtime.is_rank_zero:
+            return TrainResult(out, out / MODEL, len(history), history)
+        best_val = self.cfg.train.select == "best-val" and (out / BEST).exists()
+        source = out / (BEST if best_val else LAST)
+        epoch = history[-1]["epoch"] if history else 0
+        if best_val:  # the model in memory is last.pt's; best.pt's is read back
+            state = read_checkpoint(source)
+            self.module.load(state)
+            epoch = state["epoch"]
+        threshold, val_metrics = None, None
+        if self.val_set is not None:
+            val_metrics, scores = self.module.validation_step(self.val_set)
+            fp32 = self.runtime.with_precision(THRESHOLD_PRECISION)
+            if fp32 != self.runtime:
+                _, scores = self.module.predict(self.val_set.images, fp32)
+            threshold = best_f1_threshold(scores, self.val_set.labels)
+        self.save(
+            out / MODEL, epoch, threshold=threshold,
+            threshold_precision=THRESHOLD_PRECISION if threshold is not None else None,
+            val_metrics=val_metrics, selected_from=source.name,
+        )  # fmt: skip
+        atomic_write_text(out / "train_history.json", json_text(history, indent=1))
+        return TrainResult(out, out / MODEL, len(history), history, threshold, val_metrics)

@@ -18,6 +18,8 @@ _KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: 
 def _check(field: str, value: Any, kind: Any) -> Any:
     """``value`` as ``kind`` (ints are accepted where floats are), or a ConfigError."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Literal:  # a choice, checked by check_choice
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -38,12 +40,13 @@ def _check(field: str, value: Any, kind: Any) -> Any:
     return value
 
 
-def check_types(settings: Any) -> None:
+def check_types(settings: Any, prefix: str = "") -> None:
     """Check (and normalise: ints to floats where floats are expected) every field of the
-    dataclass instance ``settings`` against its annotation."""
+    dataclass instance ``settings`` against its annotation; errors name ``prefix + field``."""
     hints = typing.get_type_hints(type(settings))
     for f in dataclasses.fields(settings):
-        setattr(settings, f.name, _check(f.name, getattr(settings, f.name), hints[f.name]))
+        value = _check(prefix + f.name, getattr(settings, f.name), hints[f.name])
+        setattr(settings, f.name, value)
 
 
 def check_choice(field: str, value: Any, choices: typing.Iterable[Any]) -> None:

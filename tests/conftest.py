@@ -53,10 +53,13 @@ def small_dataset(tmp_path_factory) -> Path:
 
 
 def tiny_config(data: Path, out: Path, **overrides):
-    from skrd4ad.train import TrainConfig
+    """A small, fast Config; ``overrides`` by field name (``epochs=2``), which the schema
+    keeps unique across its sections."""
+    from skrd4ad.config import SETTINGS, Config
 
+    by_field = {s.field.name: name for name, s in SETTINGS.items()}
     base = dict(
-        data=str(data),
+        root=str(data),
         category="brick",
         out=str(out),
         backbone="resnet18",
@@ -71,4 +74,4 @@ def tiny_config(data: Path, out: Path, **overrides):
         seed=5,
     )
     base.update(overrides)
-    return TrainConfig(**base)
+    return Config().with_values({by_field[k]: v for k, v in base.items()})

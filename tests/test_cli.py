@@ -88,23 +88,24 @@ def test_help_explains_every_flag(capsys):
 def test_config_file_mirrors_flags(small_dataset, tmp_path, capsys):
     cfg = tmp_path / "train.yaml"
     cfg.write_text(
-        f"data: {small_dataset}\ncategory: grass\nout: {tmp_path / 'run'}\nbackbone: resnet18\n"
-        "teacher-weights: none\nimage_size: 64\nepochs: 1\nbatch_size: 6\nval_fraction: 0\n"
-        "no_progress: true\ngamma: 0.2\n"
+        f"data: {{root: {small_dataset}, category: grass}}\n"
+        "model: {backbone: resnet18, teacher_weights: none}\nloss: {gamma: 0.2}\n"
+        f"train: {{out: {tmp_path / 'run'}, image_size: 64, epochs: 1, batch_size: 6,"
+        " val_fraction: 0, progress: false}\n"
     )
     assert main(["train", "--config", str(cfg), "--alpha", "0.5"]) == 0
     from skrd4ad.checkpoint import read_checkpoint
 
     conf = read_checkpoint(tmp_path / "run" / "model.pt")["config"]
-    assert (conf["category"], conf["gamma"], conf["alpha"], conf["batch_size"]) == (
-        "grass",
-        0.2,
-        0.5,
-        6,
-    )
+    got = conf["data"]["category"], conf["loss"]["gamma"], conf["loss"]["alpha"]
+    assert (*got, conf["train"]["batch_size"]) == ("grass", 0.2, 0.5, 6)
     bad = tmp_path / "bad.yaml"
-    bad.write_text("epochz: 3\n")
-    assert "epochz" in user_error(capsys, ["train", "--config", str(bad)])
+    bad.write_text("train: {epochz: 3}\n")
+    assert "train.epochz" in user_error(capsys, ["train", "--config", str(bad)])
+    # A flat key (the vocabulary of earlier versions) names the section it belongs in.
+    bad.write_text("epochs: 3\n")
+    line = user_error(capsys, ["train", "--config", str(bad)])
+    assert "epochs belongs in the train section" in line and "train: {epochs: 3}" in line
 
 
 def test_missing_category(small_dataset, tmp_path, capsys):

@@ -78,17 +78,19 @@ def test_teacher_weights_file_problems(work, weights, expected):
 
 
 CONFIG_CASES = {
-    "backbone: resnet9000": "config c.yaml: backbone must be one of resnet18",
-    "device: tpu": "config c.yaml: device must be one of auto, cpu, cuda; got 'tpu'",
-    'resume: "false"': "config c.yaml: resume must be true or false (unquoted), got 'false'",
-    'epochs: "ten"': "config c.yaml: epochs must be a whole number, got 'ten'",
-    "frobnicate: 1": "config c.yaml: unknown keys ['frobnicate']",
-    "epochs: 1.5": "config c.yaml: epochs must be a whole number, got 1.5",
-    "epochs: true": "config c.yaml: epochs must be a whole number, got True",
-    "batch_size: 0": "config c.yaml: batch_size must be at least 1, got 0",
-    "image_size: 33": "config c.yaml: image_size must be a multiple of 32",
-    "{alpha: 0, beta: 0, gamma: 0}": "alpha and --beta and --gamma are all 0",
-    "channels_last: 'no'": "config c.yaml: channels_last must be true or false (unquoted)",
+    "model: {backbone: resnet9000}": "config c.yaml: model.backbone must be one of resnet18",
+    "runtime: {device: tpu}": "config c.yaml: runtime.device must be one of auto, cpu, cuda; got",
+    'train: {resume: "false"}': "config c.yaml: train.resume must be true or false, got 'false'",
+    'train: {epochs: "ten"}': "config c.yaml: train.epochs must be a whole number, got 'ten'",
+    "frobnicate: 1": "config c.yaml: unknown section 'frobnicate'",
+    "train: {frobnicate: 1}": "config c.yaml: unknown keys ['train.frobnicate']",
+    "train: {epochs: 1.5}": "config c.yaml: train.epochs must be a whole number, got 1.5",
+    "train: {epochs: true}": "config c.yaml: train.epochs must be a whole number, got True",
+    "train: {batch_size: 0}": "config c.yaml: train.batch_size must be at least 1, got 0",
+    "train: {image_size: 33}": "config c.yaml: train.image_size must be a multiple of 32",
+    "loss: {alpha: 0, beta: 0, gamma: 0}": "alpha and --beta and --gamma are all 0",
+    "runtime: {channels_last: 'no'}": "config c.yaml: runtime.channels_last must be true or false",
+    "epochs: 3": "config c.yaml: epochs belongs in the train section",
 }
 
 
@@ -96,15 +98,15 @@ CONFIG_CASES = {
 def test_config_file_problems(work, entry):
     root, data = work
     config = {
-        "data": str(data),
-        "category": "brick",
-        "out": "run-config",
-        "backbone": "resnet18",
-        "teacher_weights": "none",
-        "image_size": 64,
-        "epochs": 1,
+        "data": {"root": str(data), "category": "brick"},
+        "model": {"backbone": "resnet18", "teacher_weights": "none"},
+        "train": {"out": "run-config", "image_size": 64, "epochs": 1},
     }
-    config.update(yaml.safe_load(entry if entry.startswith("{") else "{" + entry + "}"))
+    for section, values in yaml.safe_load(entry).items():
+        if isinstance(values, dict):
+            config.setdefault(section, {}).update(values)
+        else:
+            config[section] = values
     (root / "c.yaml").write_text(yaml.safe_dump(config))
     line = one_line_error([*SKRD4AD, "train", "--config", "c.yaml", "--no-progress"], root)
     assert CONFIG_CASES[entry] in line
@@ -152,7 +154,7 @@ def test_benchmark_rejects_a_bad_params_value_before_ray_starts(prepared):
 
 def test_search_rejects_a_bad_space_value_before_ray_starts(prepared):
     space = yaml.safe_load((REPO / "tune_spaces" / "smoke.yaml").read_text())
-    space["train"]["batch_size"] = 0
+    space["config"]["train"]["batch_size"] = 0
     (prepared / "space.yaml").write_text(yaml.safe_dump(space))
     params = yaml.safe_load((prepared / "params.yaml").read_text())
     params["train"]["image_size"] = 64
@@ -162,7 +164,7 @@ def test_search_rejects_a_bad_space_value_before_ray_starts(prepared):
         prepared,
         env={"PYTHONPATH": str(REPO)},
     )
-    assert line == "tune: error: space.yaml: train.batch_size must be at least 1, got 0"
+    assert line == "tune: error: space.yaml: config.train.batch_size must be at least 1, got 0"
     assert not (prepared / "results").exists()
 
 

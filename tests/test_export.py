@@ -9,6 +9,7 @@ import torch
 
 from skrd4ad.checkpoint import save_checkpoint
 from skrd4ad.cli import run
+from skrd4ad.config import Config
 from skrd4ad.errors import UserError
 from skrd4ad.export import build_detector, export
 from skrd4ad.inference import Predictor
@@ -30,8 +31,10 @@ def checkpoint(tmp_path_factory):
             module.weight.data.uniform_(0.5, 1.5)
             module.bias.data.uniform_(-0.2, 0.2)
     path = tmp_path_factory.mktemp("export") / "model.pt"
-    config = {"backbone": "resnet18", "skip": "sk", "image_size": SIZE, "category": "brick"}
-    save_checkpoint(path, model, epoch=3, config=config, threshold=1.25)
+    config = Config().with_values(
+        {"model.backbone": "resnet18", "train.image_size": SIZE, "data.category": "brick"}
+    )
+    save_checkpoint(path, model, epoch=3, config=config.to_dict(), threshold=1.25)
     return path
 
 

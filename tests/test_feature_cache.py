@@ -11,8 +11,8 @@ from conftest import tiny_config
 
 from skrd4ad.errors import UserError
 from skrd4ad.feature_cache import build_cache
-from skrd4ad.inference import to_input
 from skrd4ad.models import build_model
+from skrd4ad.runtime import Runtime
 from skrd4ad.train import fit
 
 
@@ -40,18 +40,16 @@ def test_cache_holds_the_teachers_features(small_dataset):
     torch.manual_seed(0)
     model = build_model("resnet18", "none", "sk").eval()
     images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
-    cpu = torch.device("cpu")
-    cache = build_cache(
-        model, images, device=cpu, precision="fp32", channels_last=False, batch_size=2
-    )
+    plain = Runtime.create("cpu", "fp32", channels_last=False)
+    cache = build_cache(model, images, plain, batch_size=2)
     assert cache.where == "cpu-float32"
     idx = torch.tensor([4, 0, 2])
     with torch.no_grad():
-        direct = model.teacher(to_input(images[idx], cpu, False))
+        direct = model.teacher(plain.to_input(images[idx]))
     for got, want in zip(cache.batch(idx), direct, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert not any(t.requires_grad for t in cache.levels)
-    bf16 = build_cache(model, images, device=cpu, precision="bf16", channels_last=True)
+    bf16 = build_cache(model, images, Runtime.create("cpu", "bf16", channels_last=True))
     assert bf16.where == "cpu-bfloat16"
     assert bf16.batch(idx)[0].is_contiguous(memory_format=torch.channels_last)
 

@@ -132,7 +132,8 @@ def test_mlflow_parent_and_nested_runs(project, tmp_path):
         assert c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert {"dataset", "git_commit", "dvc_data_hash"} <= set(c.data.tags)
         assert {*METRIC_KEYS, "train_s", "loss", "cosine"} <= set(c.data.metrics)
-        assert c.data.params["backbone"] == "resnet18" and c.data.params["gamma"] == "0.05"
+        params = c.data.params  # the config in its sections, as params.yaml names them
+        assert params["model.backbone"] == "resnet18" and params["loss.gamma"] == "0.05"
         history = mlflow.tracking.MlflowClient().get_metric_history(c.info.run_id, "loss")
         assert [h.step for h in history] == [1, 2]
     assert {f"mean_{k}" for k in METRIC_KEYS} <= set(parents[0].data.metrics)
@@ -229,18 +230,14 @@ def test_two_worker_ddp_matches_single_worker_in_expectation(small_dataset, tmp_
     from pipelines.ray_train import fit_category
 
     base = {
-        "data": str(small_dataset),
-        "category": "grass",
-        "backbone": "resnet18",
-        "teacher_weights": "none",
-        "image_size": 64,
-        "epochs": 3,
-        "batch_size": 8,
-        "val_fraction": 0,
-        "checkpoint_every": 1,
-        "seed": 3,
-        "device": "cpu",
-    }
+        "data": {"root": str(small_dataset), "category": "grass"},
+        "model": {"backbone": "resnet18", "teacher_weights": "none"},
+        "runtime": {"device": "cpu"},
+        "train": {
+            "image_size": 64, "epochs": 3, "batch_size": 8, "val_fraction": 0,
+            "checkpoint_every": 1, "seed": 3,
+        },
+    }  # fmt: skip
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         runs = {}

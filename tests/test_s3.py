@@ -150,17 +150,14 @@ def test_ray_train_checkpoints_go_to_s3(s3, tmp_path, small_dataset):
 
     endpoint, client, env = s3
     config = {
-        "data": str(small_dataset),
-        "category": "gravel",
-        "backbone": "resnet18",
-        "teacher_weights": "none",
-        "image_size": 64,
-        "epochs": 2,
-        "batch_size": 8,
-        "val_fraction": 0,
-        "checkpoint_every": 1,
-        "device": "cpu",
-    }
+        "data": {"root": str(small_dataset), "category": "gravel"},
+        "model": {"backbone": "resnet18", "teacher_weights": "none"},
+        "runtime": {"device": "cpu"},
+        "train": {
+            "image_size": 64, "epochs": 2, "batch_size": 8, "val_fraction": 0,
+            "checkpoint_every": 1,
+        },
+    }  # fmt: skip
     ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env})
     try:
         outcome = fit_category(
@@ -200,7 +197,7 @@ def test_tune_search_stores_trials_in_s3(s3, tmp_path):
     params["ray"]["storage_endpoint"] = endpoint
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     space = yaml.safe_load((repo / "tune_spaces" / "smoke.yaml").read_text())
-    space["params"] = {"alpha": {"grid": [0.0, 1.0]}}
+    space["params"] = {"loss.alpha": {"grid": [0.0, 1.0]}}
     space["epochs"] = 1
     (tmp_path / "s3.yaml").write_text(yaml.safe_dump({**space, "name": "s3smoke"}))
     run_env = {

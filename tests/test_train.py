@@ -12,12 +12,15 @@ from skrd4ad.evaluate import evaluate
 from skrd4ad.models import BACKBONES, SKIP_TOPOLOGIES, build_model
 from skrd4ad.models.reverse_distillation.loss import SKRD4ADLoss
 from skrd4ad.results import METRIC_KEYS, PIXEL_KEYS
-from skrd4ad.train import fit
+from skrd4ad.train import OnEpochEnd, fit
 
 
 def test_training_lowers_loss_checkpoints_and_evaluates(small_dataset, tmp_path):
     seen = []
-    result = fit(tiny_config(small_dataset, tmp_path, epochs=6, lr=0.002), callbacks=[seen.append])
+    result = fit(
+        tiny_config(small_dataset, tmp_path, epochs=6, lr=0.002),
+        callbacks=[OnEpochEnd(seen.append)],
+    )
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < losses[0]
     assert [m["epoch"] for m in seen] == list(range(1, 7))
@@ -26,7 +29,7 @@ def test_training_lowers_loss_checkpoints_and_evaluates(small_dataset, tmp_path)
     for name in ("last.pt", "model.pt", "train_history.json"):
         assert (tmp_path / name).is_file()
     state = read_checkpoint(tmp_path / "model.pt")
-    assert state["epoch"] == 6 and state["config"]["backbone"] == "resnet18"
+    assert state["epoch"] == 6 and state["config"]["model"]["backbone"] == "resnet18"
     assert state["threshold"] is not None
     assert {"teacher", "bottleneck", "decoder"} <= set(state)
     metrics = evaluate(
@@ -64,7 +67,7 @@ def test_resume_continues_at_the_right_epoch_with_the_same_optimizer(small_datas
     seen = []
     resumed = fit(
         tiny_config(small_dataset, tmp_path / "b", epochs=4, val_fraction=0, resume=True),
-        callbacks=[seen.append],
+        callbacks=[OnEpochEnd(seen.append)],
     )
     assert [m["epoch"] for m in seen] == [3, 4]
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
@@ -121,19 +124,20 @@ def test_best_val_selection_uses_validation_only(small_dataset, tmp_path):
 
 
 def test_bf16_on_cpu_only_when_named(small_dataset, tmp_path):
-    from skrd4ad.inference import autocast, predict_maps, prepare_model
+    from skrd4ad.inference import predict_maps
+    from skrd4ad.runtime import Runtime
 
-    cpu = torch.device("cpu")
-    with autocast(cpu, "auto"):
+    with Runtime.create("cpu", "auto").autocast():
         assert not torch.is_autocast_enabled("cpu")
-    with autocast(cpu, "bf16"):
+    with Runtime.create("cpu", "bf16").autocast():
         assert torch.is_autocast_enabled("cpu")
     fit(tiny_config(small_dataset, tmp_path, epochs=2, val_fraction=0))
     model, _ = load_model(tmp_path / "model.pt")
-    model = prepare_model(model, cpu, True, inference_only=True)
+    runtime = Runtime.create("cpu", "fp32")
+    model = runtime.setup(model, inference_only=True)
     images = torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8)
-    fp32, s32 = predict_maps(model, images, device=cpu, precision="fp32")
-    bf16, s16 = predict_maps(model, images, device=cpu, precision="bf16")
+    fp32, s32 = predict_maps(model, images, runtime)
+    bf16, s16 = predict_maps(model, images, runtime.with_precision("bf16"))
     assert fp32.dtype == bf16.dtype == torch.float32
     # bf16 changes the numbers a little, not the picture
     assert float((fp32 - bf16).abs().mean()) < 0.05 * float(fp32.abs().mean())
@@ -171,8 +175,8 @@ def strict_json(path):
 def test_undefined_metrics_are_null_with_the_reason():
     """A test set without a defective image: every metric but none of the file is NaN."""
     from skrd4ad.data import TensorSet
-    from skrd4ad.evaluate import score_tensor_set
     from skrd4ad.results import json_text
+    from skrd4ad.scoring import score_tensor_set
 
     ts = TensorSet(
         images=torch.zeros(3, 3, 8, 8, dtype=torch.uint8),
@@ -215,16 +219,16 @@ def test_load_model_restores_every_tensor(backbone, skip, tmp_path):
 
 def test_fp32_on_cuda_turns_tf32_off_and_restores_it():
     """The flags, not a device: CI has no GPU, and setting them needs none."""
-    from skrd4ad.inference import float32_numerics, resolve_precision
+    from skrd4ad.runtime import Runtime, resolve_precision
 
     matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
     before = matmul.fp32_precision, conv.fp32_precision
     cuda = torch.device("cuda")
-    with float32_numerics(cuda, "fp32"):
+    with Runtime(cuda, "fp32").float32_numerics():
         assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
     assert (matmul.fp32_precision, conv.fp32_precision) == before
-    for device, precision in ((cuda, "auto"), (cuda, "bf16"), (torch.device("cpu"), "fp32")):
-        with float32_numerics(device, precision):
+    for device, precision in ((cuda, "bf16"), (torch.device("cpu"), "fp32")):
+        with Runtime(device, precision).float32_numerics():
             assert (matmul.fp32_precision, conv.fp32_precision) == before
     assert resolve_precision(cuda, "auto") == "bf16"
     assert resolve_precision(torch.device("cpu"), "auto") == "fp32"
@@ -237,24 +241,26 @@ def test_threshold_is_chosen_on_float32_scores_and_predict_uses_them(
     """Trained in bf16: the recorded threshold is the F1-best one of the float32 scores,
     which predict computes by default; asking predict for bf16 says what that means."""
     from skrd4ad.data import category_tensors, load_category
-    from skrd4ad.evaluate import best_f1_threshold
-    from skrd4ad.inference import Predictor, predict_maps, prepare_model
+    from skrd4ad.inference import Predictor, predict_maps
     from skrd4ad.predict import predict
+    from skrd4ad.runtime import Runtime
+    from skrd4ad.scoring import best_f1_threshold
 
     cfg = tiny_config(small_dataset, tmp_path / "run", epochs=1, precision="bf16")
     fit(cfg)
     state = read_checkpoint(tmp_path / "run" / "model.pt")
     assert state["threshold_precision"] == "fp32"
     _, val_set = category_tensors(
-        load_category(small_dataset, "brick", "auto", seed=cfg.seed),
-        cfg.image_size,
-        cfg.val_fraction,
-        cfg.seed,
+        load_category(small_dataset, "brick", "auto", seed=cfg.train.seed),
+        cfg.train.image_size,
+        cfg.train.val_fraction,
+        cfg.train.seed,
     )
     model, _ = load_model(tmp_path / "run" / "model.pt")
-    model = prepare_model(model, torch.device("cpu"), cfg.channels_last)
+    runtime = Runtime.create("cpu", "fp32", cfg.runtime.channels_last)
+    model = runtime.setup(model)
     scores = {
-        p: predict_maps(model, val_set.images, device=torch.device("cpu"), precision=p)[1]
+        p: predict_maps(model, val_set.images, runtime.with_precision(p))[1]
         for p in ("fp32", "bf16")
     }
     assert not torch.allclose(scores["fp32"], scores["bf16"], atol=1e-4)
@@ -277,8 +283,8 @@ def test_resume_applies_a_changed_setting_and_records_it(small_dataset, tmp_path
     fit(tiny_config(small_dataset, tmp_path, epochs=4, val_fraction=0, lr=0.001, resume=True))
     state = read_checkpoint(tmp_path / "last.pt")
     assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [0.001]
-    assert state["config"]["lr"] == 0.001
-    assert state["resumes"] == [{"epoch": 2, "changed": {"lr": [0.005, 0.001]}}]
+    assert state["config"]["optim"]["lr"] == 0.001
+    assert state["resumes"] == [{"epoch": 2, "changed": {"optim.lr": [0.005, 0.001]}}]
     assert read_checkpoint(tmp_path / "model.pt")["resumes"] == state["resumes"]
 
 

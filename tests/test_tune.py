@@ -86,7 +86,7 @@ def test_smoke_search_finds_and_tests_a_best_config(smoke):
     best = yaml.safe_load((root / "store" / "smoke" / "best.yaml").read_text())
     brick = best["best"]["brick"]
     assert brick["trials"] == 4 and brick["errors"] == 0
-    assert set(brick["config"]) == {"alpha", "beta", "gamma"}
+    assert set(brick["config"]) == {"loss.alpha", "loss.beta", "loss.gamma"}
     assert 0.0 <= brick["val_aupro"] <= 1.0
     # The one test-set evaluation, after the search.
     assert set(brick["test"]) == set(METRIC_KEYS)
@@ -123,7 +123,7 @@ def test_trial_params_reach_training_and_mlflow(smoke):
     assert all(r.data.tags["mlflow.parentRunId"] == parent for r in trials)
     seen = set()
     for run in trials:
-        alpha, gamma = float(run.data.params["alpha"]), float(run.data.params["gamma"])
+        alpha, gamma = (float(run.data.params[f"loss.{k}"]) for k in ("alpha", "gamma"))
         seen.add((alpha, gamma))
         history = {
             key: [m.value for m in client.get_metric_history(run.info.run_id, key)]
@@ -151,12 +151,13 @@ def test_write_params_feeds_the_benchmark(smoke):
     params = yaml.safe_load(text)
     best = yaml.safe_load((root / "store" / "smoke" / "best.yaml").read_text())
     written = params["loss"]["per_category"]["brick"]
-    assert written == {k: pytest.approx(v) for k, v in best["best"]["brick"]["config"].items()}
-    cfg = train_config(params, "data", "brick", "mvtec")
-    assert (cfg["alpha"], cfg["beta"], cfg["gamma"]) == pytest.approx(
+    found = best["best"]["brick"]["config"]
+    assert written == {k.removeprefix("loss."): pytest.approx(v) for k, v in found.items()}
+    loss = train_config(params, "data", "brick", "mvtec")["loss"]
+    assert (loss["alpha"], loss["beta"], loss["gamma"]) == pytest.approx(
         (written["alpha"], written["beta"], written["gamma"])
     )
-    other = train_config(params, "data", "grass", "mvtec")
+    other = train_config(params, "data", "grass", "mvtec")["loss"]
     assert other["gamma"] == params["loss"]["gamma"]
 
 
@@ -169,7 +170,10 @@ def test_shared_optuna_search_trains_categories_in_lockstep(tmp_path):
     space.update(name="shared", scope="shared", categories="all", epochs=2)
     space["search"].update(algorithm="optuna", num_samples=2, max_concurrent=2)
     space["scheduler"]["name"] = "fifo"
-    space["params"] = {"alpha": {"uniform": [0.0, 1.0]}, "gamma": {"loguniform": [0.01, 0.1]}}
+    space["params"] = {
+        "loss.alpha": {"uniform": [0.0, 1.0]},
+        "loss.gamma": {"loguniform": [0.01, 0.1]},
+    }
     (root / "shared.yaml").write_text(yaml.safe_dump(space))
     _tune(root, "--space", "shared.yaml", "--write-params", env=_env(root))
     best = yaml.safe_load((root / "store" / "shared" / "best.yaml").read_text())
@@ -178,7 +182,7 @@ def test_shared_optuna_search_trains_categories_in_lockstep(tmp_path):
     assert set(best["best"]["grass"]["test"]) == set(METRIC_KEYS)
     trials = best["trials"]["shared"]
     assert len(trials) == 2 and all(t["epochs_run"] == 2 for t in trials)
-    assert all(0.0 <= t["config"]["alpha"] <= 1.0 for t in trials)
+    assert all(0.0 <= t["config"]["loss.alpha"] <= 1.0 for t in trials)
     # Each epoch's objective is the mean of the categories' validation metrics.
     results = _trial_results(root / "store")
     for lines in results.values():
@@ -187,7 +191,7 @@ def test_shared_optuna_search_trains_categories_in_lockstep(tmp_path):
                 (r["brick/val_aupro"] + r["grass/val_aupro"]) / 2
             )
     written = yaml.safe_load((root / "params.yaml").read_text())["loss"]
-    assert written["gamma"] == pytest.approx(best["best"]["brick"]["config"]["gamma"])
+    assert written["gamma"] == pytest.approx(best["best"]["brick"]["config"]["loss.gamma"])
 
 
 def _trial_results(store: Path) -> dict[str, list[dict]]:
@@ -285,14 +289,17 @@ def test_ray_job_submit_runs_the_smoke_search(tmp_path):
 
 
 BAD_SPACES = [
-    ({"params": {"gamma": {"lognormal": [0.1, 1]}}}, "params.gamma.lognormal"),
-    ({"params": {"gamma": {"loguniform": [-0.1, 0.5]}}}, "params.gamma.loguniform"),
-    ({"params": {"alpha": {"uniform": [1.0, 0.5]}}}, "params.alpha.uniform"),
-    ({"params": {"momentum": 0.9}}, "params.momentum"),
-    ({"params": {"skip": {"choice": ["sk", "dense"]}}}, "params.skip.choice"),
+    ({"params": {"loss.gamma": {"lognormal": [0.1, 1]}}}, "params.loss.gamma.lognormal"),
+    ({"params": {"loss.gamma": {"loguniform": [-0.1, 0.5]}}}, "params.loss.gamma.loguniform"),
+    ({"params": {"loss.alpha": {"uniform": [1.0, 0.5]}}}, "params.loss.alpha.uniform"),
+    ({"params": {"optim.momentum": 0.9}}, "params.optim.momentum"),
+    ({"params": {"alpha": 0.5}}, "params.alpha"),  # a setting is named section.field
+    ({"params": {"model.skip": {"choice": ["sk", "dense"]}}}, "params.model.skip.choice"),
+    ({"params": {"train.out": "elsewhere"}}, "params.train.out"),
+    ({"config": {"train": {"epochz": 3}}}, "config"),
     (
         {"search": {"algorithm": "optuna", "num_samples": 2, "max_concurrent": 1}},
-        "params.alpha.grid",
+        "params.loss.alpha.grid",
     ),
     (
         {"search": {"algorithm": "hyperopt", "num_samples": 2, "max_concurrent": 1}},
@@ -330,7 +337,7 @@ def test_bad_space_fails_before_any_trial(tmp_path):
     (root / "bad.yaml").write_text(bad)
     done = _tune(root, "--space", "bad.yaml", env=_env(root), check=False)
     assert done.returncode == 2
-    assert "params.gamma.lognormal: unknown distribution" in done.stderr
+    assert "params.loss.gamma.lognormal: unknown distribution" in done.stderr
     assert "Traceback" not in done.stderr
     # Failed before Ray started: no cluster, no dataset, no Tune state.
     assert "Ray" not in done.stdout + done.stderr

@@ -7,8 +7,10 @@ numpy generators, PNG written by Pillow with fixed settings and no timestamps).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,27 @@ README = """This folder was written by `skrd4ad make-dataset`: crops of scikit-i
 texture photographs ({cats}) with synthetic defects ({defects}) and their masks, in
 MVTec AD layout. Arguments: {args}. See manifest.json for the SHA-256 of every file.
 """
+
+
+def _size(default: int, help: str) -> int:  # noqa: A002 - argparse's word
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class MakeSettings:
+    """The sizes and counts of the dataset (``skrd4ad make-dataset`` flags, params.yaml's
+    ``default_dataset``)."""
+
+    image_size: int = _size(128, "side of the written images, px")
+    crop_size: int = _size(192, "side of the crop cut from each photo, px")
+    n_train: int = _size(32, "normal training images per category")
+    n_test_good: int = _size(8, "normal test images per category")
+    n_test_defect: int = _size(4, "defective test images per defect type and category")
+    seed: int = _size(0, "generator seed")
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.crop_size <= 512:
+            raise ValueError(f"--crop-size must be between 16 and 512, got {self.crop_size}")
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
@@ -46,55 +69,19 @@ def _crop(rng: np.random.Generator, texture: np.ndarray, crop: int, size: int) -
 
 
 def make_default_dataset(
-    out: Path,
-    *,
-    categories: tuple[str, ...] = DEFAULT_CATEGORIES,
-    image_size: int = 128,
-    crop_size: int = 192,
-    n_train: int = 32,
-    n_test_good: int = 8,
-    n_test_defect: int = 4,
-    seed: int = 0,
+    out: Path, *, categories: tuple[str, ...] = DEFAULT_CATEGORIES, **sizes: int
 ) -> dict[str, str]:
     """Write the dataset to ``out``; returns {relative path: sha256} (also manifest.json).
-
-    ``n_test_defect`` images are made per defect type and category.
-    """
+    ``sizes`` are :class:`MakeSettings` fields (``n_test_defect`` images are made per
+    defect type and category)."""
     out = Path(out)
     unknown = [c for c in categories if c not in TEXTURES]
     if unknown:
         raise ValueError(f"unknown categories {unknown}; choose from {', '.join(TEXTURES)}")
-    if crop_size > 512 or crop_size < 16:
-        raise ValueError(f"--crop-size must be between 16 and 512, got {crop_size}")
-    files: dict[str, bytes] = {}
-    for ci, cat in enumerate(categories):
-        texture = TEXTURES[cat]()
-        rng = np.random.default_rng([seed, ci])
-        for i in range(n_train):
-            files[f"{cat}/train/good/{i:03d}.png"] = _png_bytes(
-                _crop(rng, texture, crop_size, image_size)
-            )
-        for i in range(n_test_good):
-            files[f"{cat}/test/good/{i:03d}.png"] = _png_bytes(
-                _crop(rng, texture, crop_size, image_size)
-            )
-        for kind in DEFECTS:
-            for i in range(n_test_defect):
-                img, mask, _ = add_defect(rng, _crop(rng, texture, crop_size, image_size), kind)
-                files[f"{cat}/test/{kind}/{i:03d}.png"] = _png_bytes(img)
-                files[f"{cat}/ground_truth/{kind}/{i:03d}_mask.png"] = _png_bytes(
-                    mask.astype(np.uint8) * 255
-                )
+    settings = MakeSettings(**sizes)
+    files = _images(categories, settings)
     manifest = {name: hashlib.sha256(blob).hexdigest() for name, blob in sorted(files.items())}
-    args = dict(
-        categories=list(categories),
-        image_size=image_size,
-        crop_size=crop_size,
-        n_train=n_train,
-        n_test_good=n_test_good,
-        n_test_defect=n_test_defect,
-        seed=seed,
-    )
+    args = {"categories": list(categories), **dataclasses.asdict(settings)}
     files["README.txt"] = README.format(
         cats=", ".join(categories), defects=", ".join(DEFECTS), args=json.dumps(args)
     ).encode()
@@ -106,3 +93,26 @@ def make_default_dataset(
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, blob)
     return manifest
+
+
+def _images(categories: tuple[str, ...], m: MakeSettings) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for ci, cat in enumerate(categories):
+        texture = TEXTURES[cat]()
+        rng = np.random.default_rng([m.seed, ci])
+
+        def crop(rng: np.random.Generator = rng, texture: np.ndarray = texture) -> np.ndarray:
+            return _crop(rng, texture, m.crop_size, m.image_size)
+
+        for i in range(m.n_train):
+            files[f"{cat}/train/good/{i:03d}.png"] = _png_bytes(crop())
+        for i in range(m.n_test_good):
+            files[f"{cat}/test/good/{i:03d}.png"] = _png_bytes(crop())
+        for kind in DEFECTS:
+            for i in range(m.n_test_defect):
+                img, mask, _ = add_defect(rng, crop(), kind)
+                files[f"{cat}/test/{kind}/{i:03d}.png"] = _png_bytes(img)
+                files[f"{cat}/ground_truth/{kind}/{i:03d}_mask.png"] = _png_bytes(
+                    mask.astype(np.uint8) * 255
+                )
+    return files
