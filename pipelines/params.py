@@ -50,9 +50,12 @@ def train_config(params: dict[str, Any], root: str, category: str, layout: str) 
     if unknown:
         raise UserError(f"loss.per_category.{category}: unknown keys {unknown}")
     loss.update(override)
+    data = dict(params.get("data") or {})
+    for key in sorted(set(data) & {"root", "category", "layout"}):
+        raise UserError(
+            f"data.{key} comes from the prepare stage (dataset.{key}, or dataset.categories); "
+            f"set it there and drop data.{key}"
+        )
+    data.update(root=root, category=category, layout=layout)
     sections = {s: dict(params.get(s) or {}) for s in CONFIG_SECTIONS if s not in ("data", "loss")}
-    return {
-        "data": {"root": root, "category": category, "layout": layout},
-        "loss": loss,
-        **sections,
-    }
+    return {"data": data, "loss": loss, **sections}

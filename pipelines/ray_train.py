@@ -58,16 +58,23 @@ def train_func(config: dict[str, Any]) -> None:
         _train_in(work, config, threads)
 
 
+def worker_config(train_config: dict[str, Any], work: Path) -> Any:
+    """The Config a worker trains with: the category's, into the worker's work folder,
+    without a progress bar (the driver's console shows Ray's reports)."""
+    from skrd4ad.config import Config
+
+    return Config.from_dict(train_config).with_values(
+        {"train.out": str(work), "train.progress": False}
+    )
+
+
 def _train_in(work: Path, config: dict[str, Any], threads: int) -> None:
     import ray.train
 
     from skrd4ad.checkpoint import read_checkpoint
-    from skrd4ad.config import Config
     from skrd4ad.train import fit
 
-    cfg = Config.from_dict(config["train"]).with_values(
-        {"train.out": str(work), "train.progress": False}
-    )
+    cfg = worker_config(config["train"], work)
     checkpoint = ray.train.get_checkpoint()
     start_epoch = 0
     if checkpoint is not None:

@@ -103,20 +103,24 @@ def _data_root(base: dict[str, Any]) -> str:
     return str(local)
 
 
+def trial_settings(config: dict[str, Any], base: dict[str, Any], root: str) -> Config:
+    """A trial's Config: the base with the searched values, on this node's dataset,
+    validated and checkpointed every epoch (the scheduler's time unit)."""
+    fixed = {"data.root": root, "train.progress": False, "train.val_every": 1,
+             "train.checkpoint_every": 1, "train.select": "last"}  # fmt: skip
+    return Config.from_dict(base["train"]).with_values({**config, **fixed})
+
+
 def trial_func(config: dict[str, Any], base: dict[str, Any]) -> None:
     """One trial: the searched settings in ``config`` (``{"loss.alpha": ..}``), everything
     else in ``base``; its work folder goes when it ends."""
     from ray import tune
 
-    from skrd4ad.config import Config
-
     started = time.perf_counter()  # trial_s: the trial's own time, to tell Tune's overhead
     root = _data_root(base)
     if base.get("open_log"):
         _record_opens(root, base["open_log"])
-    fixed = {"data.root": root, "train.progress": False, "train.val_every": 1,
-             "train.checkpoint_every": 1, "train.select": "last"}  # fmt: skip
-    settings = Config.from_dict(base["train"]).with_values({**config, **fixed})
+    settings = trial_settings(config, base, root)
     work = make_dir(prefix="skrd4ad-trial-")
     try:
         restored = tune.get_checkpoint()

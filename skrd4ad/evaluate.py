@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write_text, ensure_writable_dir
-from .data import decode_test_split, load_category
+from .data import TensorSet, decode_test_split, load_category
 from .metrics import pro_curve
 from .results import json_text
 from .scoring import score_tensor_set
@@ -45,24 +45,14 @@ def evaluate(
         batch_size=batch_size,
         expect_backbone=backbone,
     )
-    dev, state = predictor.device, predictor.state
-    cfg = stored_config(state)
+    cfg = stored_config(predictor.state)
     # The folder layout's train/test split must be the one the model was trained with.
     fraction = train_fraction if train_fraction is not None else cfg.data.train_fraction
     cat = load_category(Path(data), category, layout, train_fraction=fraction, seed=cfg.train.seed)
     t0 = time.perf_counter()
     ts = decode_test_split(cat, predictor.image_size)
-    t_decode = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    maps, scores = predictor(ts.images)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t_infer = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    metrics = score_tensor_set(maps, scores, ts)
-    t_metrics = time.perf_counter() - t0
-
+    timings = {"decode_s": time.perf_counter() - t0}
+    maps, scores, metrics = _score(predictor, ts, timings)
     labels = ts.labels.tolist()
     result: dict[str, Any] = {
         "category": cat.name,
@@ -76,31 +66,51 @@ def evaluate(
             "anomalous": labels.count(1),
             "by_defect": dict(sorted(Counter(ts.defects).items())),
         },
-        "threshold": state.get("threshold"),
-        "threshold_precision": state.get("threshold_precision"),
-        "timings": {
-            "decode_s": t_decode,
-            "inference_s": t_infer,
-            "inference_ms_per_image": 1000 * t_infer / len(ts),
-            "metrics_s": t_metrics,
-            "total_s": time.perf_counter() - t_start,
-        },
-        "device": str(dev),
+        "threshold": predictor.state.get("threshold"),
+        "threshold_precision": predictor.state.get("threshold_precision"),
+        "timings": {**timings, "total_s": time.perf_counter() - t_start},
+        "device": str(predictor.device),
         "precision": predictor.precision,
         "notes": cat.notes,
     }
-    maps_cpu, scores_cpu = maps.cpu(), scores.cpu()
+    result.update(_figures(out, ts, maps.cpu(), scores.cpu(), overlays, curves))
+    atomic_write_text(out / "metrics.json", json_text(result))
+    return result
+
+
+def _score(predictor: Any, ts: TensorSet, timings: dict[str, float]) -> tuple:
+    """Maps, scores and metrics of the test set; the times go into ``timings``."""
+    t0 = time.perf_counter()
+    maps, scores = predictor(ts.images)
+    if predictor.device.type == "cuda":
+        torch.cuda.synchronize()
+    t_infer = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    metrics = score_tensor_set(maps, scores, ts)
+    timings.update(
+        inference_s=t_infer,
+        inference_ms_per_image=1000 * t_infer / len(ts),
+        metrics_s=time.perf_counter() - t0,
+    )
+    return maps, scores, metrics
+
+
+def _figures(
+    out: Path, ts: TensorSet, maps: torch.Tensor, scores: torch.Tensor, overlays: int, curves: bool
+) -> dict[str, Any]:
+    """Overlays of the ``overlays`` highest- and lowest-scoring images, and the curves."""
+    written: dict[str, Any] = {}
     if overlays:
         from .plots import write_overlays
 
-        order = torch.argsort(scores_cpu, descending=True).tolist()
+        order = torch.argsort(scores, descending=True).tolist()
         picks = [("top", r, i) for r, i in enumerate(order[:overlays])]
         picks += [("bottom", r, i) for r, i in enumerate(order[::-1][:overlays])]
-        result["overlays"] = write_overlays(out / "overlays", ts, maps_cpu, scores_cpu, picks)
+        written["overlays"] = write_overlays(out / "overlays", ts, maps, scores, picks)
     if curves:
         from .plots import write_curves
 
-        pro = pro_curve(maps_cpu, ts.masks) if ts.masks is not None else None
-        result["curves"] = write_curves(out, scores_cpu.numpy(), np.array(labels), pro)
-    atomic_write_text(out / "metrics.json", json_text(result))
-    return result
+        pro = pro_curve(maps, ts.masks) if ts.masks is not None else None
+        labels = np.array(ts.labels.tolist())
+        written["curves"] = write_curves(out, scores.numpy(), labels, pro)
+    return written
