@@ -83,79 +83,29 @@ def main() -> None:
 def one_round(params: dict, dataset: dict, figures: dict) -> None:
     """One CLI-sequential run, then the Ray stage with 1..n categories."""
     cats = dataset["categories"]
-    m, t = params["model"], params["train"]
     with tempfile.TemporaryDirectory() as tmp:
+        # The CLI reads params.yaml's training sections as they are (one vocabulary).
+        config = Path(tmp) / "train.yaml"
+        sections = ("data", "model", "loss", "optim", "runtime", "train")
+        config.write_text(yaml.safe_dump({k: params[k] for k in sections if k in params}))
         for cat in cats:
             out = Path(tmp) / cat
-            train = [
-                PY,
-                "-m",
-                "skrd4ad.cli",
-                "train",
-                "--data",
-                dataset["root"],
-                "--category",
-                cat,
-                "--out",
-                str(out),
-                "--backbone",
-                m["backbone"],
-                "--teacher-weights",
-                str(m["teacher_weights"]),
-                "--skip",
-                m["skip"],
-                "--image-size",
-                str(t["image_size"]),
-                "--epochs",
-                str(t["epochs"]),
-                "--batch-size",
-                str(t["batch_size"]),
-                "--val-fraction",
-                str(t["val_fraction"]),
-                "--val-every",
-                str(t["val_every"]),
-                "--checkpoint-every",
-                str(t["checkpoint_every"]),
-                "--seed",
-                str(t["seed"]),
-                "--no-progress",
-            ]
-            evaluate = [
-                PY,
-                "-m",
-                "skrd4ad.cli",
-                "evaluate",
-                "--checkpoint",
-                str(out / "model.pt"),
-                "--data",
-                dataset["root"],
-                "--category",
-                cat,
-                "--out",
-                str(out / "eval"),
-                "--overlays",
-                "2",
-                "--curves",
-            ]
+            train = [PY, "-m", "skrd4ad.cli", "train", "--config", str(config), "--no-progress"]
+            train += ["--data", dataset["root"], "--category", cat, "--out", str(out)]
+            evaluate = [PY, "-m", "skrd4ad.cli", "evaluate", "--checkpoint", str(out / "model.pt")]
+            evaluate += ["--data", dataset["root"], "--category", cat, "--out", str(out / "eval")]
+            evaluate += ["--overlays", str(params["evaluate"]["overlays"]), "--curves"]
             figures["cli_runs_s"][cat].append(run(train) + run(evaluate))
         for k in figures["ray_runs_s"]:
             p = Path(tmp) / f"params{k}.yaml"
             prepared = Path(tmp) / f"prepared{k}"
             prepared.mkdir()
             (prepared / "dataset.json").write_text(json.dumps({**dataset, "categories": cats[:k]}))
-            p.write_text(
-                yaml.safe_dump(
-                    {
-                        **params,
-                        "mlflow": {
-                            **params["mlflow"],
-                            "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
-                        },
-                    }
-                )
-            )
-            env = {**os.environ, "SKRD4AD_PARAMS": str(p), "SKRD4AD_PREPARED": str(prepared)}
-            figures["ray_runs_s"][k].append(run([PY, "-m", "pipelines.benchmark"], env))
+            mlflow = {**params["mlflow"], "tracking_uri": f"sqlite:///{tmp}/mlflow.db"}
+            p.write_text(yaml.safe_dump({**params, "mlflow": mlflow}))
+            stage = [PY, "-m", "pipelines.benchmark", "--params", str(p), "--prepared"]
+            stage += [str(prepared), "--out", "results", "--metrics", "metrics.json"]
+            figures["ray_runs_s"][k].append(run(stage, dict(os.environ)))
 
 
 if __name__ == "__main__":

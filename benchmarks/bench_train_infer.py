@@ -134,6 +134,26 @@ def worker(
     return out
 
 
+def _measure(args: argparse.Namespace) -> dict[str, dict]:
+    """Every mode, task and batch in a fresh process of this script."""
+    runs = {}
+    plan = [("train", args.batch), ("train", 4), ("infer", 1)]
+    modes = ["skrd4ad", "published_style"]
+    if args.device == "cpu" and args.bf16:
+        modes.insert(1, "skrd4ad_bf16")
+    for mode in modes:
+        for task, batch in plan:
+            steps = args.steps if task == "train" else 5 * args.steps
+            cmd = [sys.executable, __file__, "--device", args.device, "--backbone", args.backbone]
+            cmd += ["--size", str(args.size), "--steps", str(steps)]
+            cmd += ["--worker", mode, task, str(batch)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            key = f"{mode}_{task}_b{batch}"
+            runs[key] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(key, runs[key], flush=True)
+    return runs
+
+
 def main() -> None:
     ap = model_parser(__doc__)
     ap.add_argument("--batch", type=int, default=16, help="training batch")
@@ -149,34 +169,7 @@ def main() -> None:
             )
         )
         return
-    runs = {}
-    plan = [("train", args.batch), ("train", 4), ("infer", 1)]
-    modes = ["skrd4ad", "published_style"]
-    if args.device == "cpu" and args.bf16:
-        modes.insert(1, "skrd4ad_bf16")
-    for mode in modes:
-        for task, batch in plan:
-            steps = args.steps if task == "train" else 5 * args.steps
-            cmd = [
-                sys.executable,
-                __file__,
-                "--device",
-                args.device,
-                "--backbone",
-                args.backbone,
-                "--size",
-                str(args.size),
-                "--steps",
-                str(steps),
-                "--worker",
-                mode,
-                task,
-                str(batch),
-            ]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            key = f"{mode}_{task}_b{batch}"
-            runs[key] = json.loads(done.stdout.strip().splitlines()[-1])
-            print(key, runs[key], flush=True)
+    runs = _measure(args)
 
     def ratio(task: str, batch: int) -> float:
         a, b = runs[f"published_style_{task}_b{batch}"], runs[f"skrd4ad_{task}_b{batch}"]

@@ -62,6 +62,42 @@ def search(project: Path, space: dict, name: str) -> dict:
     }
 
 
+def _asha_vs_fifo(project: Path, args: argparse.Namespace) -> dict:
+    """The same sampled trials under FIFO (every trial to the end) and ASHA."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    base = {
+        "scope": "per_category",
+        "categories": ["brick"],
+        "metric": "val_aupro",
+        "mode": "max",
+        "epochs": args.epochs,
+        "search": {"algorithm": "basic", "num_samples": args.samples, "max_concurrent": 2},
+        "resources_per_trial": {"cpu": 1, "gpu": 0},
+        "params": {
+            "loss.alpha": {"uniform": [0.0, 1.0]},
+            "loss.beta": 1.0,
+            "loss.gamma": {"loguniform": [0.001, 0.5]},
+        },
+    }
+    base["search"]["seed"] = 0
+    fifo = search(project, {**base, "scheduler": {"name": "fifo"}}, "fifo")
+    asha_scheduler = {"name": "asha", "grace_period": 2, "reduction_factor": 2}
+    asha = search(project, {**base, "scheduler": asha_scheduler}, "asha")
+    configs = [[t["config"] for t in run["trials_detail"]] for run in (fifo, asha)]
+    return {
+        "dataset": "default (params.yaml)",
+        "image_size": params["train"]["image_size"],
+        "backbone": params["model"]["backbone"],
+        "trials": args.samples,
+        "epochs": args.epochs,
+        "same_configs": configs[0] == configs[1],
+        "fifo": {k: v for k, v in fifo.items() if k != "trials_detail"},
+        "asha": {k: v for k, v in asha.items() if k != "trials_detail"},
+        "compute_saved": 1 - asha["epochs_trained"] / fifo["epochs_trained"],
+        "time_saved": 1 - asha["search_s"] / fifo["search_s"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=8, help="ASHA/FIFO trials")
@@ -95,47 +131,7 @@ def main() -> None:
             "tune_overhead_per_trial_s": (one["search_s"] - one["trial_s_sum"]) / one["trials"],
         }
 
-        params = yaml.safe_load((project / "params.yaml").read_text())
-        base = {
-            "scope": "per_category",
-            "categories": ["brick"],
-            "metric": "val_aupro",
-            "mode": "max",
-            "epochs": args.epochs,
-            "search": {
-                "algorithm": "basic",
-                "num_samples": args.samples,
-                "max_concurrent": 2,
-                "seed": 0,
-            },
-            "resources_per_trial": {"cpu": 1, "gpu": 0},
-            "params": {
-                "alpha": {"uniform": [0.0, 1.0]},
-                "beta": 1.0,
-                "gamma": {"loguniform": [0.001, 0.5]},
-            },
-        }
-        fifo = search(project, {**base, "scheduler": {"name": "fifo"}}, "fifo")
-        asha = search(
-            project,
-            {**base, "scheduler": {"name": "asha", "grace_period": 2, "reduction_factor": 2}},
-            "asha",
-        )
-        same = [t["config"] for t in fifo["trials_detail"]] == [
-            t["config"] for t in asha["trials_detail"]
-        ]
-        figures["asha_vs_fifo"] = {
-            "dataset": "default (params.yaml)",
-            "image_size": params["train"]["image_size"],
-            "backbone": params["model"]["backbone"],
-            "trials": args.samples,
-            "epochs": args.epochs,
-            "same_configs": same,
-            "fifo": {k: v for k, v in fifo.items() if k != "trials_detail"},
-            "asha": {k: v for k, v in asha.items() if k != "trials_detail"},
-            "compute_saved": 1 - asha["epochs_trained"] / fifo["epochs_trained"],
-            "time_saved": 1 - asha["search_s"] / fifo["search_s"],
-        }
+        figures["asha_vs_fifo"] = _asha_vs_fifo(project, args)
     write_result("tune", figures)
 
 

@@ -31,59 +31,17 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        common = ["--backbone", args.backbone, "--teacher-weights", args.teacher_weights]
+        train = ["train", "--data", args.data, "--out", str(out), "--backbone", args.backbone]
+        train += ["--teacher-weights", args.teacher_weights, "--image-size", str(args.image_size)]
+        train += ["--epochs", str(args.epochs), "--batch-size", "8", "--val-fraction", "0.2"]
         t0 = time.perf_counter()
-        assert (
-            cli(
-                [
-                    "train",
-                    "--data",
-                    args.data,
-                    "--out",
-                    str(out),
-                    *common,
-                    "--image-size",
-                    str(args.image_size),
-                    "--epochs",
-                    str(args.epochs),
-                    "--batch-size",
-                    "8",
-                    "--val-fraction",
-                    "0.2",
-                    "--no-progress",
-                ]
-            )
-            == 0
-        )
+        assert cli([*train, "--no-progress"]) == 0
         train_s = time.perf_counter() - t0
-        assert (
-            cli(
-                [
-                    "evaluate",
-                    "--checkpoint",
-                    str(out / "model.pt"),
-                    "--data",
-                    args.data,
-                    "--out",
-                    str(out / "eval"),
-                ]
-            )
-            == 0
-        )
+        evaluate = ["evaluate", "--checkpoint", str(out / "model.pt"), "--data", args.data]
+        assert cli([*evaluate, "--out", str(out / "eval")]) == 0
         m = json.loads((out / "eval" / "metrics.json").read_text())
-        assert (
-            cli(
-                [
-                    "predict",
-                    str(out / "model.pt"),
-                    str(Path(args.data) / "colour"),
-                    "--out",
-                    str(out / "pred"),
-                    "--no-overlays",
-                ]
-            )
-            == 0
-        )
+        predict = ["predict", str(out / "model.pt"), str(Path(args.data) / "colour")]
+        assert cli([*predict, "--out", str(out / "pred"), "--no-overlays"]) == 0
     figures = {
         "dataset": "hazelnut_toy (folder layout, train fraction 0.5, 17 colour defects)",
         "backbone": args.backbone,

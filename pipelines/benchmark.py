@@ -26,13 +26,10 @@ from skrd4ad.atomic import atomic_write_text
 from skrd4ad.errors import UserError
 from skrd4ad.results import METRIC_KEYS, json_text
 
-from .params import load_params, train_config
+from .params import load_params, stage_parser, train_config
 from .ray_train import fit_category, start_ray
 from .tracking import Tracker, git_commit
 from .validate import params_key, validated
-
-RESULTS = Path("results")
-METRICS = Path("metrics.json")
 
 
 def _gpus_per_worker(value: Any, cluster: dict[str, float]) -> float:
@@ -107,7 +104,7 @@ def _launch(fits: dict[str, dict[str, Any]]) -> queue.Queue:
 
     Threads, not Ray tasks: a TorchTrainer's ``fit`` only waits on its controller actor,
     and a task per category cost one more worker process importing Ray Train and torch
-    (about 3 s of CPU each, measured). Daemon threads let Ctrl-C end the driver (and with
+    (BENCHMARKS.md). Daemon threads let Ctrl-C end the driver (and with
     it the job's actors) instead of waiting for the fits.
     """
     done: queue.Queue = queue.Queue()
@@ -123,85 +120,48 @@ def _launch(fits: dict[str, dict[str, Any]]) -> queue.Queue:
     return done
 
 
-def run(params: dict[str, Any]) -> dict[str, Any]:
-    import ray
-
-    prepared = Path(os.environ.get("SKRD4AD_PREPARED", "prepared"))
+def _read_dataset(prepared: Path) -> dict[str, Any]:
     try:
-        dataset = json.loads((prepared / "dataset.json").read_text())
+        return json.loads((prepared / "dataset.json").read_text())
     except FileNotFoundError as exc:
         raise UserError(
             f"{prepared / 'dataset.json'} is missing: run the prepare stage first "
             "(`dvc repro prepare` or `python -m pipelines.prepare`)"
         ) from exc
-    # Every category's settings are checked here, before Ray starts: a typo costs a second.
-    where = params_key(params)
-    configs = {
-        cat: validated(
-            train_config(params, str(Path(dataset["root"]).resolve()), cat, dataset["layout"]),
-            where,
-        )
-        for cat in dataset["categories"]
-    }
+
+
+def _fits(params: dict[str, Any], configs: dict[str, dict], out: Path, name: str) -> dict:
+    """Every category's fit_category arguments, resources shared out over the cluster."""
+    import ray
+
     ray_params, res = params["ray"], params["resources"]
-    address = ray_params.get("address") or None
-    _train_env(local=address is None)
-    # An own local instance ends with this driver. Its dashboard serves Ray Train's
-    # placement-group cleaner (the State API) and the user, on this machine only.
-    local_cluster = start_ray(
-        address,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        num_cpus=ray_params.get("num_cpus"),
-    )
     gpus = _gpus_per_worker(res.get("gpus_per_worker", "auto"), ray.cluster_resources())
     num_workers = int(res.get("num_workers", 1))
     cpus = _cpus_per_worker(
-        res.get("cpus_per_worker", "auto"),
-        ray.cluster_resources(),
-        num_workers * len(dataset["categories"]),
+        res.get("cpus_per_worker", "auto"), ray.cluster_resources(), num_workers * len(configs),
         gpus,
-    )
-    threads = _threads_per_worker(res.get("threads_per_worker", "auto"), cpus, gpus)
+    )  # fmt: skip
     storage = ray_params.get("storage_path", "results/ray")
-    storage = storage if "://" in storage else str(Path(storage).resolve())
-    bench_name = f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}"
-    out_dir = (RESULTS / "benchmark").resolve()
-
-    t0 = time.perf_counter()
-    done = _launch(
-        {
-            cat: dict(
-                train_config=cfg,
-                num_workers=num_workers,
-                cpus_per_worker=cpus,
-                gpus_per_worker=gpus,
-                storage_path=storage,
-                run_name=f"{bench_name}-{cat}",
-                max_failures=int(res.get("max_failures", 2)),
-                overlays=int(params.get("report", {}).get("overlays", 2)),
-                dest=out_dir / cat,
-                fault=_fault_injection(),
-                storage_endpoint=ray_params.get("storage_endpoint"),
-                threads=threads,
-            )
-            for cat, cfg in configs.items()
-        }
+    common = dict(
+        num_workers=num_workers,
+        cpus_per_worker=cpus,
+        gpus_per_worker=gpus,
+        storage_path=storage if "://" in storage else str(Path(storage).resolve()),
+        max_failures=int(res.get("max_failures", 2)),
+        overlays=int(params["evaluate"]["overlays"]),
+        fault=_fault_injection(),
+        storage_endpoint=ray_params.get("storage_endpoint"),
+        threads=_threads_per_worker(res.get("threads_per_worker", "auto"), cpus, gpus),
     )
-
-    # The parent run opens while the categories train, and each category is logged as
-    # soon as it finishes, so MLflow's work overlaps the training of the others.
-    tags = {
-        "dataset": dataset["name"],
-        "git_commit": git_commit(),
-        "dvc_data_hash": dataset.get("data_version", ""),
+    return {
+        cat: dict(train_config=cfg, run_name=f"{name}-{cat}", dest=out / cat, **common)
+        for cat, cfg in configs.items()
     }
-    tracker = Tracker(
-        params["mlflow"].get("experiment", "skrd4ad"),
-        params["mlflow"].get("tracking_uri"),
-        params["mlflow"].get("artifact_location"),
-    )
-    tracker.start(bench_name, params, tags)
+
+
+def _collect(done: queue.Queue, configs: dict, tracker: Any, tags: dict) -> dict[str, dict]:
+    """Each category's outcome as it finishes, logged to MLflow at once, so that MLflow's
+    work overlaps the training of the others."""
     outcomes: dict[str, dict[str, Any]] = {}
     for _ in configs:
         outcome = done.get()
@@ -213,39 +173,44 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         folder = Path(outcome["dir"])
         outcome["evaluation"] = json.loads((folder / "eval" / "metrics.json").read_text())
         outcome["history"] = json.loads((folder / "train_history.json").read_text())
-        final = {
-            k: (math.nan if outcome["evaluation"][k] is None else outcome["evaluation"][k])
-            for k in METRIC_KEYS
-        }
+        final = {k: _nan_if_none(outcome["evaluation"][k]) for k in METRIC_KEYS}
         final.update(
             train_s=outcome["metrics"].get("train_s") or 0.0,
             images_per_s=outcome["metrics"].get("images_per_s") or 0.0,
         )
         tracker.log_category(cat, configs[cat], outcome["history"], final, tags, folder)
-    wall = time.perf_counter() - t0
+    return outcomes
 
+
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _summary(dataset: dict, configs: dict, outcomes: dict, wall: float) -> tuple[dict, list, list]:
+    """metrics.json in params order (not finishing order), and the plots' rows."""
     per_category: dict[str, Any] = {}
     failed: dict[str, str] = {}
     loss_rows, bar_rows = [], []
-    for cat in configs:  # params order, not finishing order
+    for cat in configs:
         outcome = outcomes[cat]
         if "error" in outcome:
             failed[cat] = outcome["error"]
             per_category[cat] = {"error": outcome["error"]}
             continue
-        evaluation, history = outcome["evaluation"], outcome["history"]
+        evaluation, history, reported = (
+            outcome["evaluation"],
+            outcome["history"],
+            outcome["metrics"],
+        )
         entry = {k: evaluation[k] for k in METRIC_KEYS}
         if evaluation.get("absent"):
             entry["absent"] = evaluation["absent"]
-        entry["train_s"] = outcome["metrics"].get("train_s")
-        entry["images_per_s"] = outcome["metrics"].get("images_per_s")
         entry["test_images"] = evaluation["counts"]["test"]
-        entry["resumed_from_epoch"] = outcome["metrics"].get("resumed_from_epoch")
-        entry["torch_threads"] = outcome["metrics"].get("torch_threads")
+        for key in ("train_s", "images_per_s", "resumed_from_epoch", "torch_threads"):
+            entry[key] = reported.get(key)
         per_category[cat] = entry
         bar_rows.append({"category": cat, **{k: evaluation[k] for k in METRIC_KEYS}})
         loss_rows += [{"category": cat, "epoch": h["epoch"], "loss": h["loss"]} for h in history]
-
     ok = [c for c in per_category if c not in failed]
     metrics = {
         "dataset": dataset["name"],
@@ -254,30 +219,74 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
         "failed": failed,
         "wall_s": wall,
     }
-    atomic_write_text(METRICS, json_text(metrics))
-    plots = RESULTS / "plots"
+    return metrics, bar_rows, loss_rows
+
+
+def run(params: dict[str, Any], prepared: Path, out: Path, metrics_file: Path) -> dict[str, Any]:
+    """Train and evaluate every prepared category; writes ``metrics_file``,
+    ``out/benchmark/<category>`` and ``out/plots``."""
+    import ray
+
+    dataset = _read_dataset(prepared)
+    # Every category's settings are checked here, before Ray starts: a typo costs a second.
+    where, root = params_key(params), str(Path(dataset["root"]).resolve())
+    configs = {
+        cat: validated(train_config(params, root, cat, dataset["layout"]), where)
+        for cat in dataset["categories"]
+    }
+    address = params["ray"].get("address") or None
+    _train_env(local=address is None)
+    # An own local instance ends with this driver. Its dashboard serves Ray Train's
+    # placement-group cleaner (the State API) and the user, on this machine only.
+    local_cluster = start_ray(
+        address, include_dashboard=True, dashboard_host="127.0.0.1",
+        num_cpus=params["ray"].get("num_cpus"),
+    )  # fmt: skip
+    name = f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}"
+    t0 = time.perf_counter()
+    done = _launch(_fits(params, configs, (out / "benchmark").resolve(), name))
+    tags = {
+        "dataset": dataset["name"],
+        "git_commit": git_commit(),
+        "dvc_data_hash": dataset.get("data_version", ""),
+    }
+    mlflow = params["mlflow"]
+    tracker = Tracker(
+        mlflow.get("experiment", "skrd4ad"), mlflow.get("tracking_uri"),
+        mlflow.get("artifact_location"),
+    )  # fmt: skip
+    tracker.start(name, params, tags)
+    outcomes = _collect(done, configs, tracker, tags)
+    metrics, bar_rows, loss_rows = _summary(dataset, configs, outcomes, time.perf_counter() - t0)
+    atomic_write_text(metrics_file, json_text(metrics))
+    plots = out / "plots"
     atomic_write_text(plots / "per_category.csv", _csv(bar_rows, ["category", *METRIC_KEYS]))
     atomic_write_text(plots / "loss.csv", _csv(loss_rows, ["category", "epoch", "loss"]))
-    tracker.finish(metrics, METRICS)
+    tracker.finish(metrics, metrics_file)
     if local_cluster:
         ray.shutdown()  # an own local instance: end it now, not at interpreter exit
     return metrics
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("benchmark", __doc__)
+    parser.add_argument("--prepared", type=Path, required=True, help="the prepare stage's output")
+    parser.add_argument("--out", type=Path, required=True, help="models, evaluations, plots")
+    parser.add_argument("--metrics", type=Path, required=True, help="metrics.json to write")
+    args = parser.parse_args(argv)
     warnings.simplefilter("default")
     # Ray Train copies Ray Data's context into every trainer, which reads deprecated fields.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.data")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
-        metrics = run(load_params())
+        metrics = run(load_params(args.params), args.prepared, args.out, args.metrics)
     except UserError as exc:
         print(f"benchmark: error: {exc}", file=sys.stderr)
         return 2
     print(json_text({"mean": metrics["mean"], "failed": metrics["failed"]}), end="")
     if metrics["failed"]:
         names = ", ".join(sorted(metrics["failed"]))
-        print(f"benchmark: error: categories failed: {names} (see metrics.json)", file=sys.stderr)
+        print(f"benchmark: error: categories failed: {names} (see {args.metrics})", file=sys.stderr)
         return 1
     return 0
 

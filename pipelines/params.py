@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +11,20 @@ import yaml
 
 from skrd4ad.errors import UserError
 
-PARAMS = Path(os.environ.get("SKRD4AD_PARAMS", "params.yaml"))
+# DVC's own default; every stage takes --params to read another.
+PARAMS = Path("params.yaml")
 DATASETS = ("default", "mvtec", "visa", "vad", "folder")
 # The sections params.yaml shares with skrd4ad.config.Config (data comes from `dataset`).
 CONFIG_SECTIONS = ("data", "model", "loss", "optim", "runtime", "train")
+
+
+def stage_parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
+    """A DVC stage's command line: its paths are on the ``cmd:`` line of dvc.yaml."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m pipelines.{stage}", description=(doc or "").split("\n\n")[0]
+    )
+    parser.add_argument("--params", type=Path, default=PARAMS, help="the pipeline's settings")
+    return parser
 
 
 def load_params(path: Path | None = None) -> dict[str, Any]:
@@ -27,7 +37,7 @@ def load_params(path: Path | None = None) -> dict[str, Any]:
         ) from exc
     if not isinstance(params, dict):
         raise UserError(f"{path} must be a mapping")
-    for key in ("dataset", "model", "loss", "train", "resources", "ray", "mlflow"):
+    for key in ("dataset", "model", "loss", "train", "resources", "ray", "mlflow", "evaluate"):
         if not isinstance(params.get(key), dict):
             raise UserError(f"{path}: section '{key}' is missing or not a mapping")
     if params["dataset"].get("name") not in DATASETS:

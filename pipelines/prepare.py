@@ -22,9 +22,7 @@ from skrd4ad.atomic import atomic_write_text, make_dir
 from skrd4ad.data import list_categories, make_default_dataset, prepare_visa
 from skrd4ad.errors import UserError
 
-from .params import load_params
-
-OUT = Path("prepared")
+from .params import load_params, stage_parser
 
 
 def data_version(dvc_file: Path = Path("data.dvc")) -> str:
@@ -36,7 +34,7 @@ def data_version(dvc_file: Path = Path("data.dvc")) -> str:
         return ""
 
 
-def prepare(params: dict, out: Path = OUT) -> dict:
+def prepare(params: dict, out: Path) -> dict:
     """Write ``out`` (prepared/): built in a new folder beside it, which replaces the old
     one only when everything succeeded, so a failure keeps the last good output."""
     ds = params["dataset"]
@@ -115,9 +113,12 @@ def _prepare_into(ds: dict, params: dict, out: Path) -> dict:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("prepare", __doc__)
+    parser.add_argument("--out", type=Path, required=True, help="the prepared dataset folder")
+    args = parser.parse_args(argv)
     try:
-        info = prepare(load_params())
+        info = prepare(load_params(args.params), args.out)
     except UserError as exc:
         print(f"prepare: error: {exc}", file=sys.stderr)
         return 2

@@ -149,7 +149,7 @@ def _report_final(work: Path, cfg: Any, result: Any, overlays: int, extra: dict)
 
 
 def link(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to ``dst`` (a checkpoint is ~200 MB), else copy it. The source
+    """Hard-link ``src`` to ``dst`` (a checkpoint holds the teacher too), else copy it. The source
     is replaced by rename, never rewritten in place, so the link stays valid."""
     try:
         os.link(src, dst)
@@ -166,7 +166,7 @@ def _set_torch_threads(wanted: int | None) -> int:
     """Set torch's intra-op threads in this worker to ``wanted`` (at most the CPUs this
     process may run on), but only where OpenMP waits passively (OMP_WAIT_POLICY=PASSIVE,
     which the benchmark stage sets on a local Ray): with OpenMP's default spin-waiting,
-    more threads than free cores cost 3x per epoch (measured, BENCHMARKS.md)."""
+    more threads than free cores make each epoch several times slower (BENCHMARKS.md)."""
     import torch
 
     if wanted and os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -75,10 +76,19 @@ def render(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    metrics = json.loads(Path("metrics.json").read_text())
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.report", description=__doc__)
+    parser.add_argument("--metrics", type=Path, required=True, help="the benchmark's metrics")
+    parser.add_argument("--out", type=Path, required=True, help="the report to write")
+    args = parser.parse_args(argv)
+    try:
+        metrics = json.loads(args.metrics.read_text())
+    except OSError as exc:
+        print(f"report: error: cannot read {args.metrics} ({exc.strerror}); run the "
+              "benchmark stage first", file=sys.stderr)  # fmt: skip
+        return 2
     text = render(metrics)
-    atomic_write_text(Path("report.md"), text)
+    atomic_write_text(args.out, text)
     print(text)
     return 0
 

@@ -51,8 +51,7 @@ def _requirements() -> list[str]:
 
 def _log_history(mlflow: Any, run_id: str, history: list[dict[str, Any]]) -> None:
     """Every epoch's metrics in batches of MLflow's limit (1,000 per call) instead of a
-    call per epoch: 200 epochs took 0.85 s against 0.23 s on a local sqlite store
-    (measured), and each call is a round trip to a remote tracking server."""
+    call per epoch: each call is a round trip to the tracking server (BENCHMARKS.md)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
@@ -91,9 +90,9 @@ class Tracker:
                 mlflow.create_experiment(experiment, artifact_location=artifact_location)
             mlflow.set_experiment(experiment)
         except Exception as exc:  # noqa: BLE001 - any tracking failure degrades the same way
-            self._fail(exc)
+            self.fail(exc)
 
-    def _fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException) -> None:
         self.ok = False
         warnings.warn(
             f"MLflow tracking failed or is unreachable ({type(exc).__name__}: {str(exc)[:200]}); "
@@ -111,7 +110,7 @@ class Tracker:
             _flat("", params, flat)
             self.mlflow.log_params(flat)
         except Exception as exc:  # noqa: BLE001
-            self._fail(exc)
+            self.fail(exc)
 
     def log_category(
         self,
@@ -153,7 +152,7 @@ class Tracker:
                     pip_requirements=_requirements(),
                 )
         except Exception as exc:  # noqa: BLE001
-            self._fail(exc)
+            self.fail(exc)
 
     def finish(self, metrics: dict[str, Any], metrics_file: Path) -> None:
         if not self.ok or self.parent is None:
@@ -164,7 +163,7 @@ class Tracker:
             self.mlflow.log_artifact(str(metrics_file))
             self.mlflow.end_run()
         except Exception as exc:  # noqa: BLE001
-            self._fail(exc)
+            self.fail(exc)
 
     def finish_tune(self, summary: dict[str, Any], best_file: Path) -> None:
         """Close a search's parent run with its best configs file."""
@@ -175,7 +174,7 @@ class Tracker:
             self.mlflow.log_artifact(str(best_file))
             self.mlflow.end_run()
         except Exception as exc:  # noqa: BLE001
-            self._fail(exc)
+            self.fail(exc)
 
     def abort(self) -> None:
         """End the parent run as KILLED (an interrupted search, to be resumed)."""
@@ -184,4 +183,4 @@ class Tracker:
         try:
             self.mlflow.end_run(status="KILLED")
         except Exception as exc:  # noqa: BLE001
-            self._fail(exc)
+            self.fail(exc)

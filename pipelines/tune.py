@@ -45,7 +45,7 @@ from skrd4ad.errors import UserError
 from skrd4ad.results import METRIC_KEYS
 
 from .lockstep import Lockstep
-from .params import PARAMS, load_params, train_config
+from .params import load_params, stage_parser, train_config
 from .ray_train import joins_cluster, link, scalar_metrics, start_ray, storage_args
 from .tune_space import SearchSpec, load_space, param_space, scheduler, search_algorithm
 from .validate import params_key, validated
@@ -158,7 +158,7 @@ class Trial:
             for cat in self.categories:
                 if (self.work / cat / LAST).is_file():
                     (Path(tmp) / cat).mkdir()
-                    link(self.work / cat / LAST, Path(tmp) / cat / LAST)  # ~200 MB: linked
+                    link(self.work / cat / LAST, Path(tmp) / cat / LAST)  # linked, not copied
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     def run(self) -> None:
@@ -457,104 +457,46 @@ def run(
     open_log: str | None = None,
 ) -> dict[str, Any]:
     """Run the search; returns the summary written to ``<storage>/<name>/best.yaml``."""
-    import ray
-
-    from .tracking import Tracker, git_commit
-
     dataset = _dataset(params, prepared)
     categories = _categories(spec, dataset["categories"])
     root = str(Path(dataset["root"]).resolve())
-    storage = storage or (params.get("tune") or {}).get("storage_path", "results/tune")
     address = address or params["ray"].get("address")
-    if joins_cluster(address):
-        _check_cluster_outputs(storage, params["mlflow"].get("tracking_uri"))
-    storage = storage if "://" in storage else str(Path(storage).resolve())
+    storage = _storage(storage, params, address)
     name = name or spec.name
     train_base = _train_base(spec, params, root, dataset["layout"])
     _validate_search(spec, params, train_base, categories)
     _ray_init(address)
 
-    base_common = {
-        "train": train_base,
-        "open_log": open_log,
-        "metric": spec.metric,
-        "default_dataset": (
-            params.get("default_dataset", {}) if dataset["name"] == "default" else None
-        ),
-    }
-    tune_params = params.get("tune") or {}
-    tracker = Tracker(
-        tune_params.get("experiment", "skrd4ad-tune"),
-        params["mlflow"].get("tracking_uri"),
-        params["mlflow"].get("artifact_location"),
-    )
-    tags = {"search": spec.name, "dataset": dataset["name"], "git_commit": git_commit()}
-    tracker.start(f"tune-{name}", {"space": _space_params(spec), "scope": spec.scope}, tags)
-
+    default = params.get("default_dataset", {}) if dataset["name"] == "default" else None
+    base_common = dict(train=train_base, open_log=open_log, metric=spec.metric)
+    base_common["default_dataset"] = default  # rebuilt on a node that lacks it
+    tracker = _start_tracker(params, spec, dataset, name)
     groups = [[c] for c in categories] if spec.scope == "per_category" else [categories]
-    summary: dict[str, Any] = {
-        "search": spec.name,
-        "space": str(spec.path),
-        "metric": spec.metric,
-        "mode": spec.mode,
-        "scope": spec.scope,
-        "dataset": dataset["name"],
-        "best": {},
-        "trials": {},
-    }
+    summary: dict[str, Any] = {"search": spec.name, "space": str(spec.path)}
+    summary.update(metric=spec.metric, mode=spec.mode, scope=spec.scope)
+    summary.update(dataset=dataset["name"], best={}, trials={})
     t0 = time.perf_counter()
     for group in groups:
         label = group[0] if len(group) == 1 else "shared"
-        base = {**base_common, "categories": group}
-        t_group = time.perf_counter()
+        run_name, t_group = f"{name}-{label}", time.perf_counter()
+        callbacks = _mlflow_callbacks(spec, tracker, label)
         grid = _tune_one(
-            spec,
-            base,
-            name=f"{name}-{label}",
-            storage=storage,
-            resume=resume,
-            callbacks=_mlflow_callbacks(spec, tracker, label),
-            label=label,
+            spec, {**base_common, "categories": group}, name=run_name, storage=storage,
+            resume=resume, callbacks=callbacks, label=label,
             endpoint=params["ray"].get("storage_endpoint"),
-        )
+        )  # fmt: skip
         unfinished = _unfinished(grid, spec)
         if unfinished:
             tracker.abort()
             raise SearchInterrupted(
-                f"search {name}-{label} stopped with {unfinished} unfinished trial(s); its "
+                f"search {run_name} stopped with {unfinished} unfinished trial(s); its "
                 f"state is saved under {storage}: run the same command with --resume"
             )
-        best = _best(grid, spec, spec.epochs)
-        trials = [
-            {
-                "config": {k: _plain(v) for k, v in (r.config or {}).items()},
-                "epochs_run": int((r.metrics or {}).get("epoch", 0)),
-                "trial_s": (r.metrics or {}).get("trial_s"),
-                spec.metric: (r.metrics or {}).get(spec.metric),
-                "error": None if r.error is None else str(r.error)[:300],
-            }
-            for r in grid
-        ]
-        entry: dict[str, Any] = {
-            "trials": len(trials),
-            "search_s": time.perf_counter() - t_group,
-            "trial_s": sum(t["trial_s"] or 0.0 for t in trials),
-            "epochs_trained": sum(t["epochs_run"] for t in trials),
-            "errors": sum(t["error"] is not None for t in trials),
-        }
-        if best is None:
-            entry["error"] = "no trial trained to the end with a finite validation metric"
-        else:
-            entry["config"] = {k: _plain(best.config[k]) for k in spec.params}
-            entry[spec.metric] = float(best.metrics[spec.metric])
-            remote = ray.remote(num_cpus=spec.cpu, num_gpus=_gpu(spec.gpu))(evaluate_best_on_test)
-            test_train = Config.from_dict(train_base).with_values({"data.root": root}).to_dict()
-            entry["test"] = ray.get(remote.remote(best.checkpoint, group, test_train))
+        test_config = Config.from_dict(train_base).with_values({"data.root": root}).to_dict()
+        entry, trials = _outcome(grid, spec, group, test_config, time.perf_counter() - t_group)
         for cat in group:
-            summary["best"][cat] = {
-                **{k: v for k, v in entry.items() if k != "test"},
-                **({"test": entry["test"][cat]} if "test" in entry else {}),
-            }
+            summary["best"][cat] = {k: v for k, v in entry.items() if k != "test"}
+            summary["best"][cat].update({"test": entry["test"][cat]} if "test" in entry else {})
         summary["trials"][label] = trials
         tracker_log_best(tracker, label, entry, spec)
     summary["wall_s"] = time.perf_counter() - t0
@@ -563,6 +505,65 @@ def run(
     summary["file"] = str(out)
     tracker.finish_tune(summary, out)
     return summary
+
+
+def _storage(storage: str | None, params: dict[str, Any], address: str | None) -> str:
+    """Where the search keeps its state (--storage-path, else params tune.storage_path); on
+    a cluster, outputs on a relative local path would land on the head node only."""
+    storage = storage or (params.get("tune") or {}).get("storage_path", "results/tune")
+    if joins_cluster(address):
+        _check_cluster_outputs(storage, params["mlflow"].get("tracking_uri"))
+    return storage if "://" in storage else str(Path(storage).resolve())
+
+
+def _start_tracker(params: dict, spec: SearchSpec, dataset: dict, name: str) -> Any:
+    """The search's MLflow parent run (trials and the best config nest under it)."""
+    from .tracking import Tracker, git_commit
+
+    tune_params = params.get("tune") or {}
+    tracker = Tracker(
+        tune_params.get("experiment", "skrd4ad-tune"),
+        params["mlflow"].get("tracking_uri"),
+        params["mlflow"].get("artifact_location"),
+    )
+    tags = {"search": spec.name, "dataset": dataset["name"], "git_commit": git_commit()}
+    tracker.start(f"tune-{name}", {"space": _space_params(spec), "scope": spec.scope}, tags)
+    return tracker
+
+
+def _outcome(
+    grid: Any, spec: SearchSpec, group: list[str], test_config: dict[str, Any], search_s: float
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A finished search's trials, and its best config with that config's test metrics
+    (the one test-set evaluation of the search)."""
+    import ray
+
+    trials = [
+        {
+            "config": {k: _plain(v) for k, v in (r.config or {}).items()},
+            "epochs_run": int((r.metrics or {}).get("epoch", 0)),
+            "trial_s": (r.metrics or {}).get("trial_s"),
+            spec.metric: (r.metrics or {}).get(spec.metric),
+            "error": None if r.error is None else str(r.error)[:300],
+        }
+        for r in grid
+    ]
+    entry: dict[str, Any] = {
+        "trials": len(trials),
+        "search_s": search_s,
+        "trial_s": sum(t["trial_s"] or 0.0 for t in trials),
+        "epochs_trained": sum(t["epochs_run"] for t in trials),
+        "errors": sum(t["error"] is not None for t in trials),
+    }
+    best = _best(grid, spec, spec.epochs)
+    if best is None:
+        entry["error"] = "no trial trained to the end with a finite validation metric"
+        return entry, trials
+    entry["config"] = {k: _plain(best.config[k]) for k in spec.params}
+    entry[spec.metric] = float(best.metrics[spec.metric])
+    remote = ray.remote(num_cpus=spec.cpu, num_gpus=_gpu(spec.gpu))(evaluate_best_on_test)
+    entry["test"] = ray.get(remote.remote(best.checkpoint, group, test_config))
+    return entry, trials
 
 
 def _plain(value: Any) -> Any:
@@ -601,7 +602,7 @@ def tracker_log_best(tracker: Any, label: str, entry: dict[str, Any], spec: Sear
                 )
             mlflow.log_metrics(metrics)
     except Exception as exc:  # noqa: BLE001 - tracking never fails a search
-        tracker._fail(exc)
+        tracker.fail(exc)
 
 
 def write_params(summary: dict[str, Any], path: Path) -> None:
@@ -639,14 +640,11 @@ def write_params(summary: dict[str, Any], path: Path) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.tune", description=__doc__.split("\n\n")[0]
-    )
+def _parser() -> argparse.ArgumentParser:
+    parser = stage_parser("tune", __doc__)
     parser.add_argument(
         "--space", required=True, help="search-space file, e.g. tune_spaces/loss_weights.yaml"
     )
-    parser.add_argument("--params", default=str(PARAMS), help="params.yaml to read (and write)")
     parser.add_argument("--prepared", default="prepared", help="the prepare stage's output folder")
     parser.add_argument(
         "--storage-path",
@@ -668,6 +666,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="write the best loss weights into --params for dvc repro",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")

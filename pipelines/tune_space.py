@@ -148,9 +148,7 @@ def _section(path: Path, raw: dict, key: str) -> dict[str, Any]:
     return value
 
 
-def load_space(path: str | Path) -> SearchSpec:
-    """Read and validate a space file; every error names the file and the key."""
-    path = Path(path)
+def _read(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -162,12 +160,21 @@ def load_space(path: str | Path) -> SearchSpec:
     for key in REQUIRED:
         if key not in raw:
             raise _err(path, key, "missing (see tune_spaces/loss_weights.yaml)")
-    search, sched = _section(path, raw, "search"), _section(path, raw, "scheduler")
-    params = _section(path, raw, "params")
-    resources = raw.get("resources_per_trial", {"cpu": 1, "gpu": "auto"})
-    config = raw.get("config") or {}
-    if not isinstance(resources, dict):
-        raise _err(path, "resources_per_trial", "must be a mapping like {cpu: 1, gpu: auto}")
+    return raw
+
+
+def _check_config(path: Path, config: Any) -> None:
+    """The space's fixed settings: params.yaml's sections; ranges as the schema has them."""
+    if not isinstance(config, dict):
+        raise _err(path, "config", "must be a mapping of sections, as in params.yaml")
+    try:
+        Config.from_dict(config, f"{path}: config")
+    except ConfigError as exc:
+        raise exc.named(f"{path}: config.{exc.field}") from None
+
+
+def _check_choices(path: Path, raw: dict, search: dict, sched: dict) -> tuple[str, str, str]:
+    """The search algorithm, the scheduler and the scope, each one of its choices."""
     for key in ("algorithm", "num_samples", "max_concurrent"):
         if key not in search:
             raise _err(path, f"search.{key}", "missing")
@@ -185,6 +192,20 @@ def load_space(path: str | Path) -> SearchSpec:
     scope = raw.get("scope", "per_category")
     if scope not in SCOPES:
         raise _err(path, "scope", f"{scope!r} is not one of {SCOPES}")
+    return algorithm, scheduler_name, scope
+
+
+def load_space(path: str | Path) -> SearchSpec:
+    """Read and validate a space file; every error names the file and the key."""
+    path = Path(path)
+    raw = _read(path)
+    search, sched = _section(path, raw, "search"), _section(path, raw, "scheduler")
+    params = _section(path, raw, "params")
+    resources = raw.get("resources_per_trial", {"cpu": 1, "gpu": "auto"})
+    config = raw.get("config") or {}
+    if not isinstance(resources, dict):
+        raise _err(path, "resources_per_trial", "must be a mapping like {cpu: 1, gpu: auto}")
+    algorithm, scheduler_name, scope = _check_choices(path, raw, search, sched)
     categories = raw["categories"]
     if categories != "all" and (
         not isinstance(categories, list) or not all(isinstance(c, str) for c in categories)
@@ -194,10 +215,8 @@ def load_space(path: str | Path) -> SearchSpec:
         raise _err(path, "params", "names no setting to search")
     for name, spec in params.items():
         _check_param(path, str(name), spec, algorithm)
-    for key, value in (("epochs", raw["epochs"]),):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise _err(path, key, f"must be a whole number >= 1, got {value!r}")
     ints = {
+        "epochs": raw["epochs"],
         "search.num_samples": search["num_samples"],
         "search.max_concurrent": search["max_concurrent"],
         "scheduler.grace_period": sched.get("grace_period", 1),
@@ -215,10 +234,7 @@ def load_space(path: str | Path) -> SearchSpec:
     seed = search.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise _err(path, "search.seed", f"must be a whole number, got {seed!r}")
-    try:
-        Config.from_dict(config, f"{path}: config")
-    except ConfigError as exc:
-        raise exc.named(f"{path}: config.{exc.field}") from None
+    _check_config(path, config)
     return SearchSpec(
         path=path,
         name=str(raw.get("name", path.stem)),

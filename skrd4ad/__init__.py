@@ -13,7 +13,7 @@ __all__ = ["SKRD4AD", "__version__", "build_model"]
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that `import skrd4ad.errors` (the pipelines' drivers) does not pay for
-    # torch and torchvision (about 2.5 s here) before it can start Ray.
+    # importing torch and torchvision before it can start Ray.
     if name in ("SKRD4AD", "build_model"):
         from . import models
 

@@ -104,10 +104,10 @@ def load_model(
 def _empty_model(backbone: str, skip: dict[int, str]) -> SKRD4AD:
     """The model's modules with uninitialised CPU tensors, for a checkpoint to fill.
 
-    Built on the meta device instead of initialised at random and overwritten: a whole
-    load_model took 1.09 s (wide_resnet50_2) and 0.20 s (resnet18) that way, 0.21 and
-    0.06 s now (benchmarks/bench_load.py). Falls back to a normal build if the model ever
-    holds a tensor the checkpoint's parts do not (it would stay uninitialised)."""
+    Built on the meta device instead of initialised at random and overwritten, which
+    took most of a load (benchmarks/bench_load.py, BENCHMARKS.md). Falls back to a normal
+    build if the model ever holds a tensor the checkpoint's parts do not (it would stay
+    uninitialised)."""
     with torch.device("meta"):
         model = build_model(backbone, teacher_weights="none", skip=skip)
     held = {f"{p}.{k}" for p in _PARTS for k in getattr(model, p).state_dict()}

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_output
-from .data.images import IMAGENET_MEAN, IMAGENET_STD
+from .data.images import normalize
 from .errors import UserError
 from .models.reverse_distillation.anomaly_map import anomaly_map, image_score
 from .models.reverse_distillation.torch_model import SKRD4AD
@@ -45,11 +45,9 @@ class AnomalyDetector(nn.Module):
         super().__init__()
         self.model = model.eval()
         self.image_size = int(image_size)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (images.float() - self.mean) / self.std
+        x = normalize(images)  # the one ImageNet normalisation, as predict_maps applies it
         teacher, student = self.model(x)
         maps = anomaly_map(teacher, student, self.image_size)
         return maps, image_score(maps)

@@ -444,7 +444,7 @@ def _regions(maps: ArrayLike, masks: ArrayLike, what: str):
     _check_same_shape(m, g, "maps and masks", 3)
     labels_np, n_regions = label_regions(g)
     labels = torch.from_numpy(labels_np).to(m.device)
-    # Region sizes from the defect pixels alone: a bincount of every pixel costs 2x more.
+    # Region sizes from the defect pixels alone: a bincount of every pixel is slower.
     defects = torch.nonzero(labels.flatten(), as_tuple=True)[0]
     sizes = torch.bincount(labels.flatten()[defects], minlength=n_regions + 1).double()
     n_normal = labels.numel() - defects.numel()

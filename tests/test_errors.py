@@ -137,7 +137,8 @@ def prepared(work, tmp_path):
 
 def test_benchmark_rejects_a_bad_params_value_before_ray_starts(prepared):
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.benchmark"],
+        [sys.executable, "-m", "pipelines.benchmark", "--prepared", "prepared", "--out", "results"]
+        + ["--metrics", "metrics.json"],
         cwd=prepared,
         capture_output=True,
         text=True,
@@ -275,7 +276,7 @@ def test_prepare_keeps_the_last_good_output_and_checks_categories(tmp_path):
     env = {"PYTHONPATH": str(REPO)}
     prepare_params(tmp_path)
     subprocess.run(
-        [sys.executable, "-m", "pipelines.prepare"],
+        [sys.executable, "-m", "pipelines.prepare", "--out", "prepared"],
         cwd=tmp_path,
         check=True,
         capture_output=True,
@@ -285,10 +286,14 @@ def test_prepare_keeps_the_last_good_output_and_checks_categories(tmp_path):
     good = (tmp_path / "prepared" / "dataset.json").read_text()
     assert json.loads(good)["root"] == "prepared/default"
     prepare_params(tmp_path, name="mvtec", root="no/such/folder")
-    line = one_line_error([sys.executable, "-m", "pipelines.prepare"], tmp_path, env)
+    line = one_line_error(
+        [sys.executable, "-m", "pipelines.prepare", "--out", "prepared"], tmp_path, env
+    )
     assert "dataset.root no/such/folder does not exist" in line and "dvc pull" in line
     prepare_params(tmp_path, categories=["brick", "brik"])
-    line = one_line_error([sys.executable, "-m", "pipelines.prepare"], tmp_path, env)
+    line = one_line_error(
+        [sys.executable, "-m", "pipelines.prepare", "--out", "prepared"], tmp_path, env
+    )
     assert "dataset.categories: brik not found" in line and "available: brick" in line
     assert (tmp_path / "prepared" / "dataset.json").read_text() == good
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -163,14 +163,11 @@ def rerun_benchmark(
     prepared = tmp_path / "prepared"
     prepared.mkdir()
     (prepared / "dataset.json").write_text(json.dumps({**info, "categories": categories}))
-    run_env = {
-        **env,
-        "SKRD4AD_PARAMS": str(tmp_path / "params.yaml"),
-        "SKRD4AD_PREPARED": str(prepared),
-        **dict(extra_env),
-    }
+    run_env = {**env, **dict(extra_env)}
+    stage = [sys.executable, "-m", "pipelines.benchmark", "--params", str(tmp_path / "params.yaml")]
+    stage += ["--prepared", str(prepared), "--out", "results", "--metrics", "metrics.json"]
     try:
-        done = sh([sys.executable, "-m", "pipelines.benchmark"], root, run_env, check=check)
+        done = sh(stage, root, run_env, check=check)
         files = {name: json.loads((root / name).read_text()) for name in read}
     finally:
         sh([sys.executable, "-m", "dvc", "checkout", "-f", "-q"], root, env, check=False)

@@ -9,7 +9,6 @@ they are binarised (> 0 -> 255) on the way.
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +60,4 @@ def prepare_visa(raw: Path, out: Path, categories: list[str] | None = None) -> d
             atomic_write(mdst, write_mask)
     if not counts:
         raise DataError(f"{split} lists none of the categories {categories}")
-    for cat in counts:
-        shutil.rmtree(out / cat / "train" / "bad", ignore_errors=True)
     return counts

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -72,7 +70,7 @@ def anomaly_map(
 ) -> torch.Tensor:
     """The smoothed anomaly map, (N, H, W). ``sigma=0`` skips the smoothing."""
     raw = raw_anomaly_map(teacher, student, size)
-    return gaussian_blur(raw, sigma) if sigma > 0 and not math.isclose(sigma, 0) else raw
+    return gaussian_blur(raw, sigma) if sigma > 0 else raw
 
 
 def image_score(maps: torch.Tensor) -> torch.Tensor:

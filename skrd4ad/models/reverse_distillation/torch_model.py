@@ -63,9 +63,6 @@ class SKRD4AD(nn.Module):
         teacher_features = self.teacher(x)
         return teacher_features, self.student(teacher_features)
 
-    def trainable_state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {"bottleneck": self.bottleneck.state_dict(), "decoder": self.decoder.state_dict()}
-
 
 def build_model(
     backbone: str = "wide_resnet50_2",

@@ -42,11 +42,3 @@ def resolve_skip(skip: str | dict[int, int]) -> dict[int, int]:
                 f"matching shape; allowed pairs (stage: level) are {_COMPATIBLE}"
             )
     return topology
-
-
-def skip_name(topology: dict[int, int]) -> str | None:
-    """The name of a topology, or None when it has no name."""
-    for name, value in SKIP_TOPOLOGIES.items():
-        if dict(value) == topology:
-            return name
-    return None
