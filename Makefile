@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # machines serve from their local wheel store (see README, "Installing").
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup data demo demo-single test bench
+.PHONY: setup data demo demo-single test test-unit test-integration bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ demo-single: setup
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# The core package alone (no Ray, MLflow or DVC needed), and the orchestration.
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+test-integration: setup
+	$(PY) -m pytest -q tests/integration
 
 bench: setup
 	$(PY) benchmarks/bench_aupro.py

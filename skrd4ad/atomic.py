@@ -49,26 +49,6 @@ def _temp_beside(path: Path) -> tuple[int, Path]:
         raise _write_error(path, exc) from exc
 
 
-def atomic_write(path: Path, writer: Callable) -> None:
-    """Call ``writer(file)`` on a temporary file beside ``path``, then rename it over
-    ``path``. A failure (a full disk, say) leaves the previous file and no temporary one,
-    and is a UserError naming ``path``."""
-    path = Path(path)
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _write_error(path, exc) from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` for a writer that wants a file name (torch.jit.save,
@@ -85,6 +65,16 @@ def atomic_output(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, writer: Callable) -> None:
+    """Call ``writer(file)`` on a temporary file beside ``path``, then rename it over
+    ``path``. A failure (a full disk, say) leaves the previous file and no temporary one,
+    and is a UserError naming ``path``."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        writer(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

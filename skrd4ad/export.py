@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_output
-from .data.images import normalize
+from .data.images import Normalize
 from .errors import UserError
 from .models.reverse_distillation.anomaly_map import anomaly_map, image_score
 from .models.reverse_distillation.torch_model import SKRD4AD
@@ -44,10 +44,11 @@ class AnomalyDetector(nn.Module):
     def __init__(self, model: SKRD4AD, image_size: int) -> None:
         super().__init__()
         self.model = model.eval()
+        self.normalize = Normalize()  # as predict_maps applies it
         self.image_size = int(image_size)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = normalize(images)  # the one ImageNet normalisation, as predict_maps applies it
+        x = self.normalize(images)
         teacher, student = self.model(x)
         maps = anomaly_map(teacher, student, self.image_size)
         return maps, image_score(maps)

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+SKRD4AD = [sys.executable, "-m", "skrd4ad.cli"]
 SHARED = Path(os.environ.get("SKRD4AD_SHARED", REPO.parent / "shared"))
 REFERENCE = SHARED / "reference"
 HAZELNUT = SHARED / "datasets" / "hazelnut_toy"
@@ -75,3 +78,25 @@ def tiny_config(data: Path, out: Path, **overrides):
     )
     base.update(overrides)
     return Config().with_values({by_field[k]: v for k, v in base.items()})
+
+
+def one_line_error(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
+    """Run a console command that must fail on bad input: exit status 2, no traceback,
+    and an error line last; returns that line."""
+    done = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, (done.returncode, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert lines and "error:" in lines[-1], done.stderr
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def work(small_dataset, tmp_path_factory):
+    """A scratch folder with broken weight files, and the small dataset."""
+    root = tmp_path_factory.mktemp("errors")
+    (root / "text.pth").write_text("not a torch file\n")
+    torch.save(torch.nn.Linear(2, 2), root / "module.pth")  # a pickled module, no state dict
+    return root, small_dataset

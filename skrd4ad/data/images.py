@@ -140,8 +140,19 @@ def image_size_of(path: Path) -> tuple[int, int]:
         raise DataError(f"cannot read image {path} ({exc}); re-export or remove it") from exc
 
 
+class Normalize(torch.nn.Module):
+    """uint8 (N, 3, H, W) to ImageNet-normalised float32: the one normalisation, a module
+    so that an exported model carries it (its constants are buffers, not traced values)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return (batch.float() / 255.0 - self.mean) / self.std
+
+
 def normalize(batch: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 3, H, W) on any device to ImageNet-normalised float32."""
-    mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1)
-    return (batch.float() / 255.0 - mean) / std
+    return Normalize().to(batch.device)(batch)

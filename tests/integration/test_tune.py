@@ -26,7 +26,7 @@ from pipelines.params import train_config  # noqa: E402
 from pipelines.tune_space import load_space  # noqa: E402
 from skrd4ad.errors import UserError  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COPY = ["pipelines", "skrd4ad", "tune_spaces", "params.yaml", ".gitignore"]
 SMOKE = REPO / "tune_spaces" / "smoke.yaml"
 
@@ -351,7 +351,7 @@ def test_an_optuna_search_is_limited_to_max_concurrent_trials():
 
     from pipelines.tune_space import search_algorithm
 
-    spec = load_space(Path(__file__).resolve().parents[1] / "tune_spaces" / "loss_weights.yaml")
+    spec = load_space(Path(__file__).resolve().parents[2] / "tune_spaces" / "loss_weights.yaml")
     assert spec.algorithm == "optuna" and spec.max_concurrent == 4
     searcher = search_algorithm(spec)
     assert isinstance(searcher, ConcurrencyLimiter) and searcher.max_concurrent == 4

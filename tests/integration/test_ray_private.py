@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROBE = """
 import sys, ray
 sys.path.insert(0, {repo!r})

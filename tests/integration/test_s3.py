@@ -187,7 +187,7 @@ def test_tune_search_stores_trials_in_s3(s3, tmp_path):
     import yaml
 
     endpoint, client, env = s3
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     for item in ("pipelines", "skrd4ad", "tune_spaces"):
         shutil.copytree(repo / item, tmp_path / item, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((repo / "params.yaml").read_text())

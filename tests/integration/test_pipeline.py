@@ -15,7 +15,7 @@ import yaml
 
 from skrd4ad.results import METRIC_KEYS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COPY = [
     "pipelines",
     "skrd4ad",

@@ -21,7 +21,7 @@ from skrd4ad.errors import UserError
 from skrd4ad.models import build_model
 from skrd4ad.train import fit
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # A private mount namespace: the tmpfs exists for the one command and nobody else sees it.
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None,
