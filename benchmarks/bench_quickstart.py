@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,7 +66,7 @@ def main() -> None:
         rev: {
             "commit": done[0]["commit"],
             "wall_s": [r["wall_s"] for r in done],
-            "median_wall_s": sorted(r["wall_s"] for r in done)[len(done) // 2],
+            "median_wall_s": statistics.median(r["wall_s"] for r in done),
             "mean_metrics": done[0]["mean"],
             "same_metrics_every_round": all(r["mean"] == done[0]["mean"] for r in done),
         }

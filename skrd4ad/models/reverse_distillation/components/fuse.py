@@ -1,27 +1,21 @@
-"""Folding eval-mode BatchNorm into the preceding convolution, for inference.
+"""Folding eval-mode BatchNorm into the preceding convolution, for inference: one pass
+over every activation map less (benchmarks/bench_train_infer.py).
 
-Hand-written because torch.fx's fuser cannot trace the decoder's skip mapping and knows
-no ConvTranspose2d + BatchNorm pair; folding saves one pass over every activation map
-(measured in benchmarks/bench_train_infer.py).
+The fusion itself is torch's (``torch.nn.utils.fusion.fuse_conv_bn_eval``, transposed
+convolutions too); only finding the pairs is this module's, by name, because torch.fx's
+pattern fuser cannot trace the decoder's skip mapping.
 """
 
 from __future__ import annotations
 
 import copy
 
-import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
-def _fold(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> None:
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-    shift = bn.bias.detach() - bn.running_mean * scale
-    w = conv.weight.detach()
-    # Conv2d weights are (out, in, kh, kw); ConvTranspose2d weights are (in, out, kh, kw).
-    shape = (1, -1, 1, 1) if isinstance(conv, nn.ConvTranspose2d) else (-1, 1, 1, 1)
-    conv.weight = nn.Parameter(w * scale.view(shape), requires_grad=False)
-    bias = conv.bias.detach() * scale + shift if conv.bias is not None else shift
-    conv.bias = nn.Parameter(bias, requires_grad=False)
+def _fused(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> nn.Module:
+    return fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d))
 
 
 def fold_batchnorm(module: nn.Module, inplace: bool = False) -> nn.Module:
@@ -37,7 +31,7 @@ def fold_batchnorm(module: nn.Module, inplace: bool = False) -> nn.Module:
             items = list(parent)
             for i in range(len(items) - 1):
                 if isinstance(items[i], convs) and isinstance(items[i + 1], nn.BatchNorm2d):
-                    _fold(items[i], items[i + 1])
+                    parent[i] = _fused(items[i], items[i + 1])
                     parent[i + 1] = nn.Identity()
             continue
         children = dict(parent.named_children())
@@ -45,6 +39,6 @@ def fold_batchnorm(module: nn.Module, inplace: bool = False) -> nn.Module:
             if name.startswith("bn") and isinstance(child, nn.BatchNorm2d):
                 conv = children.get("conv" + name[2:])
                 if isinstance(conv, convs):
-                    _fold(conv, child)
+                    setattr(parent, "conv" + name[2:], _fused(conv, child))
                     setattr(parent, name, nn.Identity())
     return module
