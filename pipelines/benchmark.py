@@ -262,7 +262,7 @@ def run(params: dict[str, Any], prepared: Path, out: Path, metrics_file: Path) -
     plots = out / "plots"
     atomic_write_text(plots / "per_category.csv", _csv(bar_rows, ["category", *METRIC_KEYS]))
     atomic_write_text(plots / "loss.csv", _csv(loss_rows, ["category", "epoch", "loss"]))
-    tracker.finish(metrics, metrics_file)
+    tracker.finish({f"mean_{k}": v for k, v in metrics["mean"].items()}, metrics_file)
     if local_cluster:
         ray.shutdown()  # an own local instance: end it now, not at interpreter exit
     return metrics

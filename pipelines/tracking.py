@@ -154,24 +154,14 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001
             self.fail(exc)
 
-    def finish(self, metrics: dict[str, Any], metrics_file: Path) -> None:
+    def finish(self, metrics: dict[str, float | None], artifact: Path) -> None:
+        """Close the parent run with its summary metrics (undefined ones left out) and its
+        summary file (the benchmark's metrics.json, a search's best.yaml)."""
         if not self.ok or self.parent is None:
             return
         try:
-            means = {f"mean_{k}": v for k, v in metrics["mean"].items() if v is not None and v == v}
-            self.mlflow.log_metrics(means)
-            self.mlflow.log_artifact(str(metrics_file))
-            self.mlflow.end_run()
-        except Exception as exc:  # noqa: BLE001
-            self.fail(exc)
-
-    def finish_tune(self, summary: dict[str, Any], best_file: Path) -> None:
-        """Close a search's parent run with its best configs file."""
-        if not self.ok or self.parent is None:
-            return
-        try:
-            self.mlflow.log_metric("search_wall_s", float(summary.get("wall_s", 0.0)))
-            self.mlflow.log_artifact(str(best_file))
+            self.mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None and v == v})
+            self.mlflow.log_artifact(str(artifact))
             self.mlflow.end_run()
         except Exception as exc:  # noqa: BLE001
             self.fail(exc)

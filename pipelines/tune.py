@@ -503,7 +503,7 @@ def run(
     out = Path(storage) / name / "best.yaml" if "://" not in storage else Path(f"{name}-best.yaml")
     atomic_write_text(out, yaml.safe_dump(summary, sort_keys=False))
     summary["file"] = str(out)
-    tracker.finish_tune(summary, out)
+    tracker.finish({"search_wall_s": float(summary["wall_s"])}, out)
     return summary
 
 

@@ -135,7 +135,7 @@ def test_mlflow_artifacts_land_in_the_bucket(s3, tmp_path, monkeypatch, small_da
         tmp_path / "run",
     )
     (tmp_path / "metrics.json").write_text('{"mean": {"aupro": 0.5}}')
-    tracker.finish({"mean": {"aupro": 0.5}}, tmp_path / "metrics.json")
+    tracker.finish({"mean_aupro": 0.5}, tmp_path / "metrics.json")
     assert tracker.ok
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="mlflow/")["Contents"]]
     assert any(k.endswith("eval/metrics.json") for k in keys)
