@@ -84,7 +84,7 @@ def run_category(name: str, args: argparse.Namespace, out: Path) -> dict:
     train += ["--batch-size", str(args.batch_size), "--val-fraction", "0", "--no-progress"]
     train += ["--checkpoint-every", str(args.epochs), "--device", args.device]
     if args.fast == "off":
-        train += ["--cache-features", "off", "--precision", "fp32", "--channels-last", "false"]
+        train += ["--cache-features", "off", "--precision", "fp32", "--no-channels-last"]
     evaluate = [*py, "evaluate", "--checkpoint", str(out / "model.pt"), "--data", str(args.data)]
     evaluate += ["--category", name, "--out", str(out / "eval"), "--device", args.device]
     if args.fast == "off":

@@ -26,32 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from .atomic import atomic_output
-from .data.images import Normalize
 from .errors import UserError
-from .models.reverse_distillation.anomaly_map import anomaly_map, image_score
-from .models.reverse_distillation.torch_model import SKRD4AD
+from .inference import AnomalyDetector
 
 FORMATS = ("torchscript", "onnx")
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
-
-
-class AnomalyDetector(nn.Module):
-    """uint8 images (N, 3, S, S) -> (anomaly maps (N, S, S), scores (N,)), in float32."""
-
-    def __init__(self, model: SKRD4AD, image_size: int) -> None:
-        super().__init__()
-        self.model = model.eval()
-        self.normalize = Normalize()  # as predict_maps applies it
-        self.image_size = int(image_size)
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.normalize(images)
-        teacher, student = self.model(x)
-        maps = anomaly_map(teacher, student, self.image_size)
-        return maps, image_score(maps)
 
 
 def _metadata(state: dict[str, Any], image_size: int) -> dict[str, Any]:

@@ -8,9 +8,37 @@ from typing import Any
 
 import torch
 
+from .data.images import Normalize
 from .models import SKRD4AD
 from .models.reverse_distillation.anomaly_map import anomaly_map, image_score
 from .runtime import Runtime
+
+
+class AnomalyDetector(torch.nn.Module):
+    """uint8 images (N, 3, S, S) -> (anomaly maps (N, S, S), scores (N,)), in float32: the
+    one place that normalises, runs the model, maps and scores, for :func:`predict_maps`
+    and the exports alike."""
+
+    def __init__(self, model: SKRD4AD, image_size: int, channels_last: bool = False) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.normalize = Normalize()
+        self.image_size = int(image_size)
+        self.channels_last = channels_last
+
+    def embed(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher and student features of uint8 ``images`` (the part autocast covers)."""
+        x = self.normalize(images)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def maps(self, teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
+        return anomaly_map(teacher, student, self.image_size)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.maps(*self.embed(images))
+        return maps, image_score(maps)
 
 
 @torch.inference_mode()
@@ -18,15 +46,15 @@ def predict_maps(
     model: SKRD4AD, images: torch.Tensor, runtime: Runtime, batch_size: int = 32
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Maps (N, S, S) float32 and scores (N,), left on the device for on-device metrics."""
-    model.eval()
     size = images.shape[-1]
+    detector = AnomalyDetector(model, size, runtime.channels_last).to(runtime.device)
     maps = torch.empty((images.shape[0], size, size), dtype=torch.float32, device=runtime.device)
     with runtime.float32_numerics():
         for start in range(0, images.shape[0], batch_size):
-            x = runtime.to_input(images[start : start + batch_size])
+            batch = images[start : start + batch_size].to(runtime.device, non_blocking=True)
             with runtime.autocast():
-                teacher, student = model(x)
-            maps[start : start + x.shape[0]] = anomaly_map(teacher, student, size)
+                features = detector.embed(batch)
+            maps[start : start + batch.shape[0]] = detector.maps(*features)
     return maps, image_score(maps)
 
 
