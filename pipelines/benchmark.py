@@ -10,6 +10,7 @@ others finish, and the stage exits non-zero naming the failed categories.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -22,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import skrd4ad
 from skrd4ad.atomic import atomic_write_text
 from skrd4ad.errors import UserError
 from skrd4ad.results import METRIC_KEYS, json_text
@@ -130,7 +132,27 @@ def _read_dataset(prepared: Path) -> dict[str, Any]:
         ) from exc
 
 
-def _fits(params: dict[str, Any], configs: dict[str, dict], out: Path, name: str) -> dict:
+def code_version() -> str:
+    """A digest of the code that trains and evaluates (skrd4ad/ and pipelines/)."""
+    digest = hashlib.sha256()
+    for package in (Path(skrd4ad.__file__).parent, Path(__file__).parent):
+        for path in sorted(package.rglob("*.py")):
+            digest.update(path.relative_to(package.parent).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def run_name(category: str, config: dict[str, Any], dataset: dict, **settings: Any) -> str:
+    """The category's Ray Train run: a function of its config, the data version, the code
+    and the other settings that change its result. A re-run after a lost driver finds the
+    same run in storage, which Ray Train resumes from its latest checkpoint (or, finished,
+    reuses); a changed setting, dataset or code gives a new run, so nothing stale is used."""
+    key = {"config": config, "data": dataset.get("data_version", ""), "code": code_version()}
+    text = json.dumps({**key, **settings}, sort_keys=True, default=str)
+    return f"{category}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def _fits(params: dict[str, Any], configs: dict[str, dict], out: Path, dataset: dict) -> dict:
     """Every category's fit_category arguments, resources shared out over the cluster."""
     import ray
 
@@ -153,8 +175,14 @@ def _fits(params: dict[str, Any], configs: dict[str, dict], out: Path, name: str
         storage_endpoint=ray_params.get("storage_endpoint"),
         threads=_threads_per_worker(res.get("threads_per_worker", "auto"), cpus, gpus),
     )
+    result = {"overlays": common["overlays"], "num_workers": num_workers}
     return {
-        cat: dict(train_config=cfg, run_name=f"{name}-{cat}", dest=out / cat, **common)
+        cat: dict(
+            train_config=cfg,
+            run_name=run_name(cat, cfg, dataset, **result),
+            dest=out / cat,
+            **common,
+        )  # fmt: skip
         for cat, cfg in configs.items()
     }
 
@@ -208,6 +236,7 @@ def _summary(dataset: dict, configs: dict, outcomes: dict, wall: float) -> tuple
         entry["test_images"] = evaluation["counts"]["test"]
         for key in ("train_s", "images_per_s", "resumed_from_epoch", "torch_threads"):
             entry[key] = reported.get(key)
+        entry["reused"] = bool(reported.get("reused"))  # finished before, by the same run
         per_category[cat] = entry
         bar_rows.append({"category": cat, **{k: evaluation[k] for k in METRIC_KEYS}})
         loss_rows += [{"category": cat, "epoch": h["epoch"], "loss": h["loss"]} for h in history]
@@ -244,7 +273,7 @@ def run(params: dict[str, Any], prepared: Path, out: Path, metrics_file: Path) -
     )  # fmt: skip
     name = f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.perf_counter()
-    done = _launch(_fits(params, configs, (out / "benchmark").resolve(), name))
+    done = _launch(_fits(params, configs, (out / "benchmark").resolve(), dataset))
     tags = {
         "dataset": dataset["name"],
         "git_commit": git_commit(),

@@ -9,6 +9,7 @@ evaluation folder and the training history.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -17,6 +18,10 @@ from typing import Any
 
 from skrd4ad.callbacks import Callback
 from skrd4ad.results import METRIC_KEYS
+
+# In a category's final checkpoint: its reported metrics, so that a re-run after a lost
+# driver (the same deterministic run name) reuses the result instead of training again.
+FINAL_METRICS = "final_metrics.json"
 
 
 def joins_cluster(address: str | None) -> bool:
@@ -79,6 +84,9 @@ def _train_in(work: Path, config: dict[str, Any], threads: int) -> None:
     start_epoch = 0
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
+            if (Path(d) / FINAL_METRICS).is_file():
+                _report_finished(Path(d))
+                return
             if (Path(d) / "last.pt").is_file():
                 shutil.copy(Path(d) / "last.pt", work / "last.pt")
                 cfg = cfg.with_values({"train.resume": True})
@@ -118,6 +126,18 @@ class RayReport(Callback):
         _maybe_crash(self.fault, int(metrics["epoch"]))
 
 
+def _report_finished(folder: Path) -> None:
+    """A run restored after a lost driver that had already finished: its final checkpoint
+    and metrics stand, reported again as they are (nothing is retrained or re-evaluated)."""
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report({"final": 1.0})
+        return
+    metrics = {**json.loads((folder / FINAL_METRICS).read_text()), "reused": 1.0}
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+
+
 def _report_final(work: Path, cfg: Any, result: Any, overlays: int, extra: dict) -> None:
     """Evaluate the final model on the test split; report its metrics with a checkpoint of
     model.pt, last.pt, the history and the evaluation folder."""
@@ -145,6 +165,7 @@ def _report_final(work: Path, cfg: Any, result: Any, overlays: int, extra: dict)
         metrics["images_per_s"] = result.history[-1]["images_per_s"]
         metrics["final"] = 1.0
         metrics.update(extra)
+        (d / FINAL_METRICS).write_text(json.dumps(metrics))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(d)))
 
 

@@ -189,6 +189,46 @@ def test_failed_category_is_reported_and_others_finish(project, tmp_path):
     assert metrics["categories"]["brick"]["aupro"] is not None
 
 
+def test_a_rerun_reuses_finished_categories_and_a_changed_setting_trains_anew(project, tmp_path):
+    """What a lost driver leaves: the same settings, data and code give the same Ray Train
+    run names, so the finished categories' results come from storage, untrained; another
+    setting is another run."""
+    root, _ = project
+    first = json.loads((root / "metrics.json").read_text())["categories"]
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+    _, again, _ = rerun_benchmark(project, tmp_path / "a", ["brick"], resources={}, train={})
+    brick = again["categories"]["brick"]
+    assert brick["reused"] is True  # the first run's record, as it was: nothing retrained
+    for key in ("aupro", "train_s", "resumed_from_epoch"):
+        assert brick[key] == first["brick"][key], key
+    _, other, _ = rerun_benchmark(
+        project, tmp_path / "b", ["brick"], resources={}, train={"seed": 7}
+    )
+    assert other["categories"]["brick"]["reused"] is False
+    assert other["categories"]["brick"]["resumed_from_epoch"] == 0
+
+
+def test_a_run_name_follows_every_setting_that_changes_a_result():
+    from pipelines.benchmark import run_name
+
+    dataset = {"data_version": "v1"}
+    config = {"train": {"epochs": 2}, "loss": {"alpha": 0.0}}
+    name = run_name("brick", config, dataset, overlays=2, num_workers=1)
+    assert name == run_name(
+        "brick", json.loads(json.dumps(config)), dataset, overlays=2, num_workers=1
+    )
+    assert name.startswith("brick-")
+    for changed in (
+        run_name("grass", config, dataset, overlays=2, num_workers=1),
+        run_name("brick", {**config, "loss": {"alpha": 0.5}}, dataset, overlays=2, num_workers=1),
+        run_name("brick", config, {"data_version": "v2"}, overlays=2, num_workers=1),
+        run_name("brick", config, dataset, overlays=3, num_workers=1),
+        run_name("brick", config, dataset, overlays=2, num_workers=2),
+    ):
+        assert changed != name
+
+
 def test_unreachable_mlflow_warns_and_keeps_going(tmp_path, monkeypatch):
     from pipelines.tracking import Tracker
 
