@@ -29,7 +29,7 @@ from skrd4ad.errors import UserError
 from skrd4ad.results import METRIC_KEYS, json_text
 
 from .params import load_params, stage_parser, train_config
-from .ray_train import fit_category, start_ray
+from .ray_train import PLACEMENT, fit_category, start_ray
 from .tracking import Tracker, git_commit
 from .validate import params_key, validated
 
@@ -201,12 +201,14 @@ def _collect(done: queue.Queue, configs: dict, tracker: Any, tags: dict) -> dict
         folder = Path(outcome["dir"])
         outcome["evaluation"] = json.loads((folder / "eval" / "metrics.json").read_text())
         outcome["history"] = json.loads((folder / "train_history.json").read_text())
+        outcome["placement"] = json.loads((folder / PLACEMENT).read_text())
         final = {k: _nan_if_none(outcome["evaluation"][k]) for k in METRIC_KEYS}
         final.update(
             train_s=outcome["metrics"].get("train_s") or 0.0,
             images_per_s=outcome["metrics"].get("images_per_s") or 0.0,
         )
-        tracker.log_category(cat, configs[cat], outcome["history"], final, tags, folder)
+        run_tags = {**tags, **outcome["placement"]}
+        tracker.log_category(cat, configs[cat], outcome["history"], final, run_tags, folder)
     return outcomes
 
 
@@ -237,6 +239,7 @@ def _summary(dataset: dict, configs: dict, outcomes: dict, wall: float) -> tuple
         for key in ("train_s", "images_per_s", "resumed_from_epoch", "torch_threads"):
             entry[key] = reported.get(key)
         entry["reused"] = bool(reported.get("reused"))  # finished before, by the same run
+        entry.update(outcome["placement"])  # where its rank-0 worker ran
         per_category[cat] = entry
         bar_rows.append({"category": cat, **{k: evaluation[k] for k in METRIC_KEYS}})
         loss_rows += [{"category": cat, "epoch": h["epoch"], "loss": h["loss"]} for h in history]

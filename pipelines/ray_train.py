@@ -22,6 +22,8 @@ from skrd4ad.results import METRIC_KEYS
 # In a category's final checkpoint: its reported metrics, so that a re-run after a lost
 # driver (the same deterministic run name) reuses the result instead of training again.
 FINAL_METRICS = "final_metrics.json"
+# In a category's final checkpoint: where its rank-0 worker ran (Ray node id and host).
+PLACEMENT = "placement.json"
 
 
 def joins_cluster(address: str | None) -> bool:
@@ -166,7 +168,17 @@ def _report_final(work: Path, cfg: Any, result: Any, overlays: int, extra: dict)
         metrics["final"] = 1.0
         metrics.update(extra)
         (d / FINAL_METRICS).write_text(json.dumps(metrics))
+        (d / PLACEMENT).write_text(json.dumps(placement()))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(d)))
+
+
+def placement() -> dict[str, str]:
+    """The Ray node id and host name of this process (a category's rank-0 worker)."""
+    import socket
+
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
 
 
 def link(src: Path, dst: Path) -> None:

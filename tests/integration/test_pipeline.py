@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +90,12 @@ def test_dvc_repro_writes_metrics_plots_and_report(project):
         assert (root / "results" / "benchmark" / cat / "eval" / "metrics.json").is_file()
         # 2 CPUs over 2 categories: a share of 1 CPU, so threads_per_worker auto = 2
         assert m["torch_threads"] == min(2, len(os.sched_getaffinity(0)))
+        # Where it ran: the rank-0 worker's Ray node, in metrics.json and results/.
+        placement = json.loads(
+            (root / "results" / "benchmark" / cat / "placement.json").read_text()
+        )
+        assert m["node_id"] == placement["node_id"] and len(m["node_id"]) == 56
+        assert m["host"] == placement["host"] == socket.gethostname()
     mean = metrics["mean"]["aupro"]
     assert mean == pytest.approx(
         sum(metrics["categories"][c]["aupro"] for c in ("brick", "gravel")) / 2
@@ -134,6 +142,7 @@ def test_mlflow_parent_and_nested_runs(project, tmp_path):
         assert {*METRIC_KEYS, "train_s", "loss", "cosine"} <= set(c.data.metrics)
         params = c.data.params  # the config in its sections, as params.yaml names them
         assert params["model.backbone"] == "resnet18" and params["loss.gamma"] == "0.05"
+        assert c.data.tags["node_id"] and c.data.tags["host"]  # where it ran
         history = mlflow.tracking.MlflowClient().get_metric_history(c.info.run_id, "loss")
         assert [h.step for h in history] == [1, 2]
     assert {f"mean_{k}" for k in METRIC_KEYS} <= set(parents[0].data.metrics)
@@ -194,7 +203,9 @@ def test_a_rerun_reuses_finished_categories_and_a_changed_setting_trains_anew(pr
     run names, so the finished categories' results come from storage, untrained; another
     setting is another run."""
     root, _ = project
-    first = json.loads((root / "metrics.json").read_text())["categories"]
+    # The dvc repro's own record (metrics.json is not cached by DVC: other tests rewrite it).
+    final = root / "results" / "benchmark" / "brick" / "final_metrics.json"
+    first = {"brick": json.loads(final.read_text())}
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
     _, again, _ = rerun_benchmark(project, tmp_path / "a", ["brick"], resources={}, train={})
@@ -207,6 +218,83 @@ def test_a_rerun_reuses_finished_categories_and_a_changed_setting_trains_anew(pr
     )
     assert other["categories"]["brick"]["reused"] is False
     assert other["categories"]["brick"]["resumed_from_epoch"] == 0
+
+
+def _stage_command(tmp_path: Path, project, categories, **settings) -> list[str]:
+    """The benchmark stage on the project's data with other settings (params sections)."""
+    root, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in settings.items():
+        params[section].update(values)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    info = json.loads((root / "prepared" / "dataset.json").read_text())
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "dataset.json").write_text(
+        json.dumps({**info, "categories": categories})
+    )
+    stage = [sys.executable, "-m", "pipelines.benchmark", "--params", str(tmp_path / "params.yaml")]
+    return stage + ["--prepared", str(tmp_path / "prepared"), "--out", "results", "--metrics",
+                    "metrics.json"]  # fmt: skip
+
+
+def _checkpoints(storage: Path, runs: set[str]) -> dict[str, str]:
+    """{run: "final" or "epoch"} of the runs in ``storage`` not in ``runs`` that have a
+    checkpoint Ray Train registered (its snapshot is written): a finished category's final
+    one, or an epoch's last.pt."""
+    seen = {}
+    for run in sorted(p for p in storage.iterdir() if p.name not in runs):
+        if not (run / "checkpoint_manager_snapshot.json").is_file():
+            continue
+        kinds = {
+            "final" if (c / "final_metrics.json").is_file() else "epoch"
+            for c in run.glob("checkpoint_*")
+            if (c / "last.pt").is_file()
+        }
+        if kinds:
+            seen[run.name] = "final" if "final" in kinds else "epoch"
+    return seen
+
+
+def test_a_killed_driver_reruns_into_the_same_runs(project, tmp_path):
+    """SIGKILL of the stage's driver and all it started (a lost head node), once one
+    category has finished and the other has checkpointed; the same command again reuses the
+    finished one and resumes the other from its checkpoint, not from epoch 0."""
+    import psutil
+
+    root, env = project
+    storage = root / "results" / "ray"
+    before = {p.name for p in storage.iterdir()}
+    # 2 CPUs per worker on the 2-CPU Ray: the categories train one after the other.
+    stage = _stage_command(tmp_path, project, ["brick", "gravel"],
+                           resources={"cpus_per_worker": 2, "max_failures": 0},
+                           train={"epochs": 12, "seed": 21})  # fmt: skip
+    proc = subprocess.Popen(stage, cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline, state = time.monotonic() + 600, {}
+    while time.monotonic() < deadline and proc.poll() is None:
+        state = _checkpoints(storage, before)
+        if sorted(state.values()) == ["epoch", "final"]:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the stage ended before the kill"
+    family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in family:
+        p.kill()
+    psutil.wait_procs(family, timeout=60)
+    (finished,) = [r.split("-")[0] for r, v in state.items() if v == "final"]
+    (unfinished,) = [r.split("-")[0] for r, v in state.items() if v == "epoch"]
+    try:
+        sh(stage, root, env)
+        metrics = json.loads((root / "metrics.json").read_text())["categories"]
+        history = json.loads(
+            (root / "results" / "benchmark" / unfinished / "train_history.json").read_text()
+        )
+    finally:
+        sh([sys.executable, "-m", "dvc", "checkout", "-f", "-q"], root, env, check=False)
+    assert metrics[finished]["reused"] is True
+    assert metrics[unfinished]["reused"] is False
+    assert metrics[unfinished]["resumed_from_epoch"] >= 1  # from a checkpoint, not epoch 0
+    assert [h["epoch"] for h in history] == list(range(1, 13))
 
 
 def test_a_run_name_follows_every_setting_that_changes_a_result():
