@@ -157,6 +157,23 @@ def test_mlflow_parent_and_nested_runs(project, tmp_path):
     assert len(student) == 3
 
 
+def _stage_command(tmp_path: Path, project, categories, **settings) -> list[str]:
+    """The benchmark stage on the project's data with other settings (params sections)."""
+    root, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in settings.items():
+        params[section].update(values)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    info = json.loads((root / "prepared" / "dataset.json").read_text())
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "dataset.json").write_text(
+        json.dumps({**info, "categories": categories})
+    )
+    stage = [sys.executable, "-m", "pipelines.benchmark", "--params", str(tmp_path / "params.yaml")]
+    return stage + ["--prepared", str(tmp_path / "prepared"), "--out", "results", "--metrics",
+                    "metrics.json"]  # fmt: skip
+
+
 def rerun_benchmark(
     project, tmp_path, categories, *, resources, train, extra_env=(), check=True, read=()
 ):
@@ -164,17 +181,8 @@ def rerun_benchmark(
     and settings; returns the process, metrics.json and the JSON files named in ``read``,
     read before the DVC outputs this run overwrote are restored."""
     root, env = project
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["resources"].update(resources)
-    params["train"].update(train)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    info = json.loads((root / "prepared" / "dataset.json").read_text())
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    (prepared / "dataset.json").write_text(json.dumps({**info, "categories": categories}))
+    stage = _stage_command(tmp_path, project, categories, resources=resources, train=train)
     run_env = {**env, **dict(extra_env)}
-    stage = [sys.executable, "-m", "pipelines.benchmark", "--params", str(tmp_path / "params.yaml")]
-    stage += ["--prepared", str(prepared), "--out", "results", "--metrics", "metrics.json"]
     try:
         done = sh(stage, root, run_env, check=check)
         files = {name: json.loads((root / name).read_text()) for name in read}
@@ -218,23 +226,6 @@ def test_a_rerun_reuses_finished_categories_and_a_changed_setting_trains_anew(pr
     )
     assert other["categories"]["brick"]["reused"] is False
     assert other["categories"]["brick"]["resumed_from_epoch"] == 0
-
-
-def _stage_command(tmp_path: Path, project, categories, **settings) -> list[str]:
-    """The benchmark stage on the project's data with other settings (params sections)."""
-    root, _ = project
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in settings.items():
-        params[section].update(values)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    info = json.loads((root / "prepared" / "dataset.json").read_text())
-    (tmp_path / "prepared").mkdir()
-    (tmp_path / "prepared" / "dataset.json").write_text(
-        json.dumps({**info, "categories": categories})
-    )
-    stage = [sys.executable, "-m", "pipelines.benchmark", "--params", str(tmp_path / "params.yaml")]
-    return stage + ["--prepared", str(tmp_path / "prepared"), "--out", "results", "--metrics",
-                    "metrics.json"]  # fmt: skip
 
 
 def _checkpoints(storage: Path, runs: set[str]) -> dict[str, str]:
