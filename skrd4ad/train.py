@@ -287,8 +287,8 @@ class Trainer:
         if not path.is_file():
             raise CheckpointError(f"--resume: no checkpoint {path} to resume from; drop --resume")
         state = read_checkpoint(path)
-        old = stored_config(state)
-        for key, (was, now) in resume_changes(old, self.cfg).items():
+        changed = resume_changes(stored_config(state), self.cfg)
+        for key, (was, now) in changed.items():
             if key in FIXED_ON_RESUME:
                 raise CheckpointError(
                     f"cannot resume from {path}: it was trained with {key}={was!r}, not "
@@ -302,7 +302,6 @@ class Trainer:
             state["epoch"], list(state.get("history", [])), state.get("best", RunState().best),
             list(state.get("resumes", [])),
         )  # fmt: skip
-        changed = resume_changes(old, self.cfg)
         if changed:
             self.state.resumes.append({"epoch": self.state.epoch, "changed": changed})
             self.log(
