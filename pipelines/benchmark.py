@@ -1,10 +1,12 @@
 """DVC stage 'benchmark': one SK-RD4AD model per category, fitted by Ray Train workers
 spread over the cluster, every result tracked in MLflow.
 
-All categories are launched at once (one TorchTrainer each, driven from a thread of this
-driver), so Ray packs them onto the cluster's resources; DVC itself would run per-category
-stages one after another. A category that fails (a data error, say) is reported with its error, the
-others finish, and the stage exits non-zero naming the failed categories.
+The categories are a Tune grid (pipelines/orchestrate.py): each trial drives one
+category's TorchTrainer, as many at once as the cluster holds, so Ray packs them onto its
+resources; DVC itself would run per-category stages one after another. The console shows
+one live row per category; MLflow gets every epoch as it is reported. A category that
+fails (a data error, say) is reported with its error, the others finish, and the stage
+exits non-zero naming the failed categories.
 """
 
 from __future__ import annotations
@@ -15,44 +17,43 @@ import io
 import json
 import math
 import os
-import queue
+import shutil
 import sys
-import threading
+import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any
+
+from ray import tune
 
 import skrd4ad
 from skrd4ad.atomic import atomic_write_text
 from skrd4ad.errors import UserError
 from skrd4ad.results import METRIC_KEYS, json_text
 
+from .orchestrate import (
+    CHECKPOINT_PATH,
+    ERROR,
+    checkpoint_at,
+    cluster_runtime_env,
+    cpus_per_worker,
+    drive,
+    gpus_per_worker,
+    max_concurrent,
+    quiet_console,
+    run_trials,
+    storage_uri,
+    trainer_settings,
+)
 from .params import load_params, stage_parser, train_config
-from .ray_train import PLACEMENT, fit_category, start_ray
-from .tracking import Tracker, git_commit
+from .progress import Progress
+from .ray_train import PLACEMENT, start_ray, train_func
+from .tracking import Tracker, git_commit, quiet_mlflow
 from .validate import params_key, validated
 
-
-def _gpus_per_worker(value: Any, cluster: dict[str, float]) -> float:
-    if value in (None, "auto"):
-        return 1.0 if cluster.get("GPU", 0) > 0 else 0.0
-    return float(value)
-
-
-def _cpus_per_worker(value: Any, cluster: dict[str, float], workers: int, gpus: float) -> float:
-    """``auto``: on a CPU-only cluster, an equal share of its CPUs for every worker of every
-    category, so all categories run at once and none waits for a free CPU while others
-    leave cores idle at the end (at least 0.5 CPU, i.e. at most two workers per core);
-    with GPUs, 1 CPU per worker (the data is decoded once and evaluation runs on the GPU).
-    """
-    if value not in (None, "auto"):
-        return float(value)
-    if gpus > 0:
-        return 1.0
-    # Ray counts resources in steps of 1e-4: round down, or 3 x 0.6667 CPUs exceed 2.
-    share = math.floor(cluster.get("CPU", 1.0) / max(workers, 1) * 1e4) / 1e4
-    return max(0.5, min(share, 8.0))
+# In results/benchmark/<category>: where the final weights are stored (the run storage).
+MODEL_POINTER = "model.json"
 
 
 def _threads_per_worker(value: Any, cpus: float, gpus: float) -> int | None:
@@ -100,28 +101,6 @@ def _train_env(local: bool) -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _launch(fits: dict[str, dict[str, Any]]) -> queue.Queue:
-    """Run every category's ``fit_category`` at once, each in a daemon thread of this
-    driver; outcomes arrive on the returned queue as categories finish.
-
-    Threads, not Ray tasks: a TorchTrainer's ``fit`` only waits on its controller actor,
-    and a task per category cost one more worker process importing Ray Train and torch
-    (BENCHMARKS.md). Daemon threads let Ctrl-C end the driver (and with
-    it the job's actors) instead of waiting for the fits.
-    """
-    done: queue.Queue = queue.Queue()
-
-    def one(cat: str, kwargs: dict[str, Any]) -> None:
-        try:
-            done.put(fit_category(cat, **kwargs))
-        except Exception as exc:  # noqa: BLE001 - reported per category, never raised
-            done.put({"category": cat, "error": f"{type(exc).__name__}: {exc}"[:500]})
-
-    for cat, kwargs in fits.items():
-        threading.Thread(target=one, args=(cat, kwargs), name=f"fit-{cat}", daemon=True).start()
-    return done
-
-
 def _read_dataset(prepared: Path) -> dict[str, Any]:
     try:
         return json.loads((prepared / "dataset.json").read_text())
@@ -152,64 +131,140 @@ def run_name(category: str, config: dict[str, Any], dataset: dict, **settings: A
     return f"{category}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def _fits(params: dict[str, Any], configs: dict[str, dict], out: Path, dataset: dict) -> dict:
-    """Every category's fit_category arguments, resources shared out over the cluster."""
+def _jobs(params: dict[str, Any], configs: dict[str, dict], dataset: dict) -> tuple[list, dict]:
+    """Every category's Train run (its name and its workers' config), and the Train
+    settings they share, with resources shared out over the cluster."""
     import ray
 
-    ray_params, res = params["ray"], params["resources"]
-    gpus = _gpus_per_worker(res.get("gpus_per_worker", "auto"), ray.cluster_resources())
+    ray_params, res, cluster = params["ray"], params["resources"], ray.cluster_resources()
+    gpus = gpus_per_worker(res.get("gpus_per_worker", "auto"), cluster)
     num_workers = int(res.get("num_workers", 1))
-    cpus = _cpus_per_worker(
-        res.get("cpus_per_worker", "auto"), ray.cluster_resources(), num_workers * len(configs),
-        gpus,
-    )  # fmt: skip
-    storage = ray_params.get("storage_path", "results/ray")
-    common = dict(
-        num_workers=num_workers,
-        cpus_per_worker=cpus,
-        gpus_per_worker=gpus,
-        storage_path=storage if "://" in storage else str(Path(storage).resolve()),
-        max_failures=int(res.get("max_failures", 2)),
-        overlays=int(params["evaluate"]["overlays"]),
-        fault=_fault_injection(),
-        storage_endpoint=ray_params.get("storage_endpoint"),
-        threads=_threads_per_worker(res.get("threads_per_worker", "auto"), cpus, gpus),
+    cpus = cpus_per_worker(
+        res.get("cpus_per_worker", "auto"), cluster, num_workers * len(configs), gpus
     )
-    result = {"overlays": common["overlays"], "num_workers": num_workers}
-    return {
-        cat: dict(
-            train_config=cfg,
-            run_name=run_name(cat, cfg, dataset, **result),
-            dest=out / cat,
-            **common,
-        )  # fmt: skip
-        for cat, cfg in configs.items()
+    storage = ray_params.get("storage_path", "results/ray")
+    settings = trainer_settings(
+        num_workers=num_workers, cpus=cpus, gpus=gpus,
+        storage_path=storage if "://" in storage else str(Path(storage).resolve()),
+        storage_endpoint=ray_params.get("storage_endpoint"),
+        max_failures=int(res.get("max_failures", 2)),
+        device=next(iter(configs.values())).get("runtime", {}).get("device", "auto"),
+    )  # fmt: skip
+    overlays = int(params["evaluate"]["overlays"])
+    loop = {
+        "overlays": overlays,
+        "source": dataset.get("source"),
+        "fault": _fault_injection(),
+        "threads": _threads_per_worker(res.get("threads_per_worker", "auto"), cpus, gpus),
     }
+    result = {"overlays": overlays, "num_workers": num_workers}
+    jobs = [
+        job(cat, cfg, run_name(cat, cfg, dataset, **result), **loop) for cat, cfg in configs.items()
+    ]
+    return jobs, settings
 
 
-def _collect(done: queue.Queue, configs: dict, tracker: Any, tags: dict) -> dict[str, dict]:
-    """Each category's outcome as it finishes, logged to MLflow at once, so that MLflow's
+def job(
+    category: str, config: dict[str, Any], run_name: str, *, overlays: int,
+    source: dict | None = None, fault: dict | None = None, threads: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """One category's Train run: its name and its workers' config (plain data).
+    ``source``: where a node gets the data (the prepare stage's record)."""
+    loop = {"train": config, "overlays": overlays, "source": source, "fault": fault,
+            "threads": threads}  # fmt: skip
+    return {"category": category, "run_name": run_name,
+            "epochs": int(config["train"]["epochs"]), "loop": loop}  # fmt: skip
+
+
+def category_trial(config: dict[str, Any]) -> None:
+    """A Tune trial of the benchmark: one category's Train run."""
+    job = config["job"]
+    drive(job["run_name"], job["loop"], config["settings"], train_func)
+
+
+class Recorder(tune.Callback):
+    """Each category in MLflow while it trains: its nested run opens when it starts and
+    gets every epoch as it is reported. When it ends, its final checkpoint is copied from
+    storage to ``out/<category>`` and its evaluation and model go to MLflow, so MLflow's
     work overlaps the training of the others."""
-    outcomes: dict[str, dict[str, Any]] = {}
-    for _ in configs:
-        outcome = done.get()
-        cat = outcome["category"]
-        outcomes[cat] = outcome
-        if "error" in outcome:
-            print(f"benchmark: {cat} failed: {outcome['error']}", file=sys.stderr)
-            continue
-        folder = Path(outcome["dir"])
-        outcome["evaluation"] = json.loads((folder / "eval" / "metrics.json").read_text())
-        outcome["history"] = json.loads((folder / "train_history.json").read_text())
-        outcome["placement"] = json.loads((folder / PLACEMENT).read_text())
-        final = {k: _nan_if_none(outcome["evaluation"][k]) for k in METRIC_KEYS}
-        final.update(
-            train_s=outcome["metrics"].get("train_s") or 0.0,
-            images_per_s=outcome["metrics"].get("images_per_s") or 0.0,
+
+    def __init__(self, tracker: Any, tags: dict, out: Path, settings: dict) -> None:
+        self.tracker, self.tags, self.out, self.settings = tracker, tags, out, settings
+        self.runs: dict[str, Any] = {}
+        self.final: dict[str, dict] = {}
+        self.outcomes: dict[str, dict[str, Any]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks into the experiment (tuner.pkl); MLflow stays here.
+        return {**self.__dict__, "tracker": Tracker.disabled()}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        cat = trial.config["job"]["category"]
+        if cat not in self.runs:  # a restarted trial keeps its run
+            config = trial.config["job"]["loop"]["train"]
+            self.runs[cat] = self.tracker.start_child(cat, config, self.tags)
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        cat = trial.config["job"]["category"]
+        if ERROR in result:
+            self.outcomes[cat] = {"category": cat, "error": result[ERROR]}
+        elif "final" in result:
+            self.final[cat] = dict(result)
+        elif "epoch" in result:
+            self.tracker.log_epoch(self.runs.get(cat), result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        cat = trial.config["job"]["category"]
+        if cat in self.outcomes:
+            self.tracker.fail_child(self.runs.get(cat), self.outcomes[cat]["error"])
+            return
+        if cat not in self.final or CHECKPOINT_PATH not in self.final[cat]:
+            self._failed(cat, "the trial ended without a final checkpoint")
+            return
+        self.outcomes[cat] = self._collect(cat, self.final[cat])
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._failed(trial.config["job"]["category"], "its trial failed (see the Ray logs)")
+
+    def _failed(self, cat: str, error: str) -> None:
+        self.outcomes[cat] = {"category": cat, "error": error}
+        self.tracker.fail_child(self.runs.get(cat), error)
+
+    def _collect(self, cat: str, result: dict) -> dict[str, Any]:
+        """The final checkpoint but the weights into ``out/<category>``, with model.json
+        naming where the weights are (the run storage: their one stored copy); the model
+        goes to MLflow from a transient download."""
+        folder = self.out / cat
+        storage = self.settings["storage_path"]
+        checkpoint = checkpoint_at(
+            result[CHECKPOINT_PATH], storage, self.settings["storage_endpoint"]
         )
-        run_tags = {**tags, **outcome["placement"]}
-        tracker.log_category(cat, configs[cat], outcome["history"], final, run_tags, folder)
-    return outcomes
+        self.out.mkdir(parents=True, exist_ok=True)  # the download is renamed into it
+        with tempfile.TemporaryDirectory(dir=self.out, prefix=".download-") as tmp:
+            download = Path(tmp) / cat
+            checkpoint.to_directory(str(download))
+            outcome = {
+                "category": cat, "metrics": result, "dir": str(folder),
+                "evaluation": json.loads((download / "eval" / "metrics.json").read_text()),
+                "history": json.loads((download / "train_history.json").read_text()),
+                "placement": json.loads((download / PLACEMENT).read_text()),
+            }  # fmt: skip
+            final = {k: _nan_if_none(outcome["evaluation"][k]) for k in METRIC_KEYS}
+            final.update(
+                train_s=result.get("train_s") or 0.0,
+                images_per_s=result.get("images_per_s") or 0.0,
+            )
+            self.tracker.finish_child(self.runs.get(cat), final, outcome["placement"], download)
+            model = storage_uri(f"{result[CHECKPOINT_PATH].rstrip('/')}/model.pt", storage)
+            (download / "model.pt").unlink()
+            (download / MODEL_POINTER).write_text(json.dumps({"model": model}, indent=1) + "\n")
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            download.rename(folder)
+        return outcome
 
 
 def _nan_if_none(value: float | None) -> float:
@@ -254,7 +309,9 @@ def _summary(dataset: dict, configs: dict, outcomes: dict, wall: float) -> tuple
     return metrics, bar_rows, loss_rows
 
 
-def run(params: dict[str, Any], prepared: Path, out: Path, metrics_file: Path) -> dict[str, Any]:
+def run(
+    params: dict[str, Any], prepared: Path, out: Path, metrics_file: Path, verbose: bool = False
+) -> dict[str, Any]:
     """Train and evaluate every prepared category; writes ``metrics_file``,
     ``out/benchmark/<category>`` and ``out/plots``."""
     import ray
@@ -270,13 +327,15 @@ def run(params: dict[str, Any], prepared: Path, out: Path, metrics_file: Path) -
     _train_env(local=address is None)
     # An own local instance ends with this driver. Its dashboard serves Ray Train's
     # placement-group cleaner (the State API) and the user, on this machine only.
+    # On a cluster the workers get this project (code, .dvc/config) as their working
+    # directory, with the S3 and MLflow environment.
+    runtime_env = cluster_runtime_env(Path.cwd()) if address else None
     local_cluster = start_ray(
-        address, include_dashboard=True, dashboard_host="127.0.0.1",
-        num_cpus=params["ray"].get("num_cpus"),
+        address, runtime_env, console=quiet_console(verbose), include_dashboard=True,
+        dashboard_host="127.0.0.1", num_cpus=params["ray"].get("num_cpus"),
     )  # fmt: skip
-    name = f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.perf_counter()
-    done = _launch(_fits(params, configs, (out / "benchmark").resolve(), dataset))
+    jobs, settings = _jobs(params, configs, dataset)
     tags = {
         "dataset": dataset["name"],
         "git_commit": git_commit(),
@@ -287,8 +346,8 @@ def run(params: dict[str, Any], prepared: Path, out: Path, metrics_file: Path) -
         mlflow.get("experiment", "skrd4ad"), mlflow.get("tracking_uri"),
         mlflow.get("artifact_location"),
     )  # fmt: skip
-    tracker.start(name, params, tags)
-    outcomes = _collect(done, configs, tracker, tags)
+    tracker.start(f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}", params, tags)
+    outcomes = fit_categories(jobs, settings, (out / "benchmark").resolve(), tracker, tags, verbose)
     metrics, bar_rows, loss_rows = _summary(dataset, configs, outcomes, time.perf_counter() - t0)
     atomic_write_text(metrics_file, json_text(metrics))
     plots = out / "plots"
@@ -300,18 +359,64 @@ def run(params: dict[str, Any], prepared: Path, out: Path, metrics_file: Path) -
     return metrics
 
 
+def _describe(trial: Any) -> tuple[str, int]:
+    return trial.config["job"]["category"], int(trial.config["job"]["epochs"])
+
+
+def fit_categories(
+    jobs: list[dict], settings: dict, out: Path, tracker: Any = None,
+    tags: dict | None = None, verbose: bool = False,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Fit the categories as one Tune grid, as many at once as the cluster's resources
+    hold; each one's outcome (its final metrics and folder under ``out``, or its error).
+    The grid's name follows the categories' runs, so a re-run after a lost driver writes
+    into the same Tune experiment."""
+    import ray
+
+    recorder = Recorder(tracker or Tracker.disabled(), tags or {}, out, settings)
+    names = json.dumps(sorted(j["run_name"] for j in jobs))
+    limit = max_concurrent(
+        ray.cluster_resources(), settings["num_workers"], settings["cpus"], settings["gpus"]
+    )
+    run_trials(
+        category_trial,
+        {"job": tune.grid_search(jobs), "settings": settings},
+        name=f"benchmark-{hashlib.sha256(names.encode()).hexdigest()[:12]}",
+        storage_path=settings["storage_path"],
+        storage_endpoint=settings["storage_endpoint"],
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=limit,
+            trial_name_creator=lambda t: t.config["job"]["category"],
+            trial_dirname_creator=lambda t: t.config["job"]["category"],
+        ),
+        callbacks=[Progress(_describe), recorder],
+        verbose=verbose,
+    )
+    missing = "its trial did not run to the end"
+    return {
+        j["category"]: recorder.outcomes.get(j["category"])
+        or {"category": j["category"], "error": missing}
+        for j in jobs
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser("benchmark", __doc__)
     parser.add_argument("--prepared", type=Path, required=True, help="the prepare stage's output")
     parser.add_argument("--out", type=Path, required=True, help="models, evaluations, plots")
     parser.add_argument("--metrics", type=Path, required=True, help="metrics.json to write")
+    parser.add_argument(
+        "--verbose", action="store_true",
+        help="Ray's INFO lines, the workers' output and Tune's tables (also: RAY_LOG=1)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
+    quiet_mlflow(args.verbose)
     # Ray Train copies Ray Data's context into every trainer, which reads deprecated fields.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.data")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
-        metrics = run(load_params(args.params), args.prepared, args.out, args.metrics)
+        metrics = run(load_params(args.params), args.prepared, args.out, args.metrics, args.verbose)
     except UserError as exc:
         print(f"benchmark: error: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ from skrd4ad.atomic import atomic_write_text, make_dir
 from skrd4ad.data import list_categories, make_default_dataset, prepare_visa
 from skrd4ad.errors import UserError
 
+from .data_source import source_record
 from .params import load_params, stage_parser
 
 
@@ -48,8 +49,10 @@ def prepare(params: dict, out: Path) -> dict:
     new = make_dir(out.parent, f".{out.name}.new-")
     try:
         info = _prepare_into(ds, params, new)
+        built = Path(info["root"])
         # Paths inside point at the new folder; they name the final one.
         info["root"] = info["root"].replace(str(new), str(out), 1)
+        info["source"] = _source(ds["name"], info, built, params.get("default_dataset", {}))
         atomic_write_text(new / "dataset.json", json.dumps(info, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -57,6 +60,21 @@ def prepare(params: dict, out: Path) -> dict:
     finally:
         shutil.rmtree(new, ignore_errors=True)
     return info
+
+
+def _source(name: str, info: dict, built: Path, default: dict) -> dict:
+    """Where a worker on any node gets the data (pipelines/data_source.py): the default
+    dataset is made there; a dataset inside this DVC project with a version (data.dvc,
+    or a DVC stage output such as converted VisA) comes from the DVC remote; anything
+    else must be at the same path on every node."""
+    cats, version = info["categories"], info["data_version"]
+    if name == "default":
+        return source_record("default", built, cats, version=version, settings=default)
+    repo, final = Path.cwd().resolve(), Path(info["root"]).resolve()
+    if version and (repo / ".dvc").is_dir() and final.is_relative_to(repo):
+        path = final.relative_to(repo).as_posix()
+        return source_record("dvc", built, cats, version=version, repo=repo, path=path)
+    return source_record("local", built, cats, version=version)
 
 
 def _check_categories(categories: Any, root: Path) -> list[str]:

@@ -1,10 +1,11 @@
-"""Ray Train: one TorchTrainer per category, its ``train_func`` running skrd4ad.train.fit.
+"""Ray Train's worker side: each category's ``train_func`` runs skrd4ad.train.fit (the
+TorchTrainer that runs it is built by pipelines/orchestrate.py, inside a Tune trial).
 
 Each epoch's metrics go to ``ray.train.report``; every skrd4ad checkpoint (last.pt) is
 reported as a Ray checkpoint too, so a restarted worker (``FailureConfig``) resumes from
 the latest one instead of epoch 0. After training, the worker evaluates the final model on
 the test split and reports the final metrics with a checkpoint holding model.pt, the
-evaluation folder and the training history.
+evaluation folder and the training history: the run's only checkpoint from then on.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import json
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from skrd4ad.callbacks import Callback
 from skrd4ad.results import METRIC_KEYS
+
+from .data_source import locate
 
 # In a category's final checkpoint: its reported metrics, so that a re-run after a lost
 # driver (the same deterministic run name) reuses the result instead of training again.
@@ -31,19 +35,23 @@ def joins_cluster(address: str | None) -> bool:
     return bool(address or os.environ.get("RAY_ADDRESS"))
 
 
-def start_ray(address: str | None, runtime_env: dict | None = None, **local: Any) -> bool:
+def start_ray(
+    address: str | None, runtime_env: dict | None = None, console: dict | None = None,
+    **local: Any,
+) -> bool:  # fmt: skip
     """Connect to the cluster at ``address``; inside ``ray job submit`` (whose entrypoint
     Ray gives RAY_ADDRESS) to the job's cluster; otherwise start a Ray of this driver's
     own (``address="local"``), never one that another process started on this machine.
-    ``local`` are ray.init's settings for that own instance. Returns whether it is own."""
+    ``console``: ray.init's console settings (orchestrate.quiet_console); ``local`` are
+    ray.init's settings for an own instance. Returns whether it is own."""
     import ray
 
     if ray.is_initialized():
         return False
     if joins_cluster(address):
-        ray.init(address=address, runtime_env=runtime_env)
+        ray.init(address=address, runtime_env=runtime_env, **(console or {}))
         return False
-    ray.init(address="local", runtime_env=runtime_env, **local)
+    ray.init(address="local", runtime_env=runtime_env, **(console or {}), **local)
     return True
 
 
@@ -81,7 +89,12 @@ def _train_in(work: Path, config: dict[str, Any], threads: int) -> None:
     from skrd4ad.checkpoint import read_checkpoint
     from skrd4ad.train import fit
 
+    started_at = time.time()  # wall clock: when categories ran side by side (placement)
     cfg = worker_config(config["train"], work)
+    data_source = "local"
+    if config.get("source"):  # the data on this node (pipelines/data_source.py)
+        root, data_source = locate(config["source"], cfg.data.root, cfg.data.category)
+        cfg = cfg.with_values({"data.root": root})
     checkpoint = ray.train.get_checkpoint()
     start_epoch = 0
     if checkpoint is not None:
@@ -98,8 +111,9 @@ def _train_in(work: Path, config: dict[str, Any], threads: int) -> None:
         # Only rank 0 holds model.pt; every worker must report the same number of times.
         ray.train.report({"final": 1.0})
         return
-    extra = {"resumed_from_epoch": float(start_epoch), "torch_threads": float(threads)}
-    _report_final(work, cfg, result, config.get("overlays", 0), extra)
+    extra = {"resumed_from_epoch": float(start_epoch), "torch_threads": float(threads),
+             "started_at": started_at}  # fmt: skip
+    _report_final(work, cfg, result, config.get("overlays", 0), extra, data_source)
 
 
 class RayReport(Callback):
@@ -140,9 +154,12 @@ def _report_finished(folder: Path) -> None:
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
 
 
-def _report_final(work: Path, cfg: Any, result: Any, overlays: int, extra: dict) -> None:
+def _report_final(
+    work: Path, cfg: Any, result: Any, overlays: int, extra: dict, data_source: str
+) -> None:
     """Evaluate the final model on the test split; report its metrics with a checkpoint of
-    model.pt, last.pt, the history and the evaluation folder."""
+    model.pt (the one stored copy of the final weights), the history and the evaluation
+    folder. It replaces the run's last epoch checkpoint: a finished run resumes nothing."""
     import ray.train
 
     from skrd4ad.atomic import temporary_dir
@@ -159,7 +176,7 @@ def _report_final(work: Path, cfg: Any, result: Any, overlays: int, extra: dict)
         curves=True,
     )
     with temporary_dir(work, ".final-") as d:
-        for name in ("model.pt", "last.pt", "train_history.json"):
+        for name in ("model.pt", "train_history.json"):
             link(work / name, d / name)
         shutil.copytree(work / "eval", d / "eval", copy_function=link)
         metrics = {k: (math.nan if final[k] is None else final[k]) for k in METRIC_KEYS}
@@ -168,17 +185,25 @@ def _report_final(work: Path, cfg: Any, result: Any, overlays: int, extra: dict)
         metrics["final"] = 1.0
         metrics.update(extra)
         (d / FINAL_METRICS).write_text(json.dumps(metrics))
-        (d / PLACEMENT).write_text(json.dumps(placement()))
+        # Where and when it ran, and where its data came from on that node.
+        where = {**placement(), "data_source": data_source, "started_at": extra["started_at"],
+                 "ended_at": time.time()}  # fmt: skip
+        (d / PLACEMENT).write_text(json.dumps(where))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(d)))
 
 
-def placement() -> dict[str, str]:
-    """The Ray node id and host name of this process (a category's rank-0 worker)."""
+def placement() -> dict[str, Any]:
+    """Where this process (a category's rank-0 worker) runs: the Ray node id, the host name,
+    the GPUs Ray gave it and its share of them and of the CPUs (a fraction of a GPU when
+    several categories share one)."""
     import socket
 
     import ray
 
-    return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
+    context = ray.get_runtime_context()
+    gpus = [str(g) for g in context.get_accelerator_ids().get("GPU", [])]
+    return {"node_id": context.get_node_id(), "host": socket.gethostname(), "gpu_ids": gpus,
+            "resources": context.get_assigned_resources()}  # fmt: skip
 
 
 def link(src: Path, dst: Path) -> None:
@@ -220,63 +245,6 @@ def _maybe_crash(fault: dict[str, Any], epoch: int) -> None:
     os._exit(1)
 
 
-def fit_category(
-    category: str,
-    train_config: dict[str, Any],
-    *,
-    num_workers: int,
-    cpus_per_worker: float,
-    gpus_per_worker: float,
-    storage_path: str,
-    run_name: str,
-    max_failures: int,
-    overlays: int,
-    dest: Path,
-    fault: dict[str, Any] | None = None,
-    storage_endpoint: str | None = None,
-    threads: int | None = None,
-) -> dict[str, Any]:
-    """Run one category's TorchTrainer; copy its final checkpoint to ``dest``.
-    ``threads``:
-    torch intra-op threads per worker (None: Ray's default)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    resources = {"CPU": cpus_per_worker}
-    if gpus_per_worker:
-        resources["GPU"] = gpus_per_worker
-    trainer = TorchTrainer(
-        train_func,
-        torch_config=TorchConfig(),
-        train_loop_config={
-            "train": train_config,
-            "overlays": overlays,
-            "fault": fault,
-            "threads": threads,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=num_workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=run_name,
-            **storage_args(storage_path, storage_endpoint),
-            failure_config=FailureConfig(max_failures=max_failures),
-            # Resume needs only the latest; each last.pt holds the optimizer state too.
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-    )
-    try:
-        result = trainer.fit()
-    except Exception as exc:  # noqa: BLE001 - a failed category is reported, not raised
-        return {"category": category, "error": _root_cause(exc)}
-    if result.checkpoint is None:
-        return {"category": category, "error": "training finished without a final checkpoint"}
-    if dest.exists():
-        shutil.rmtree(dest)
-    result.checkpoint.to_directory(str(dest))
-    return {"category": category, "metrics": dict(result.metrics or {}), "dir": str(dest)}
-
-
 def storage_args(path: str, endpoint: str | None) -> dict[str, Any]:
     """RunConfig storage arguments; an S3-compatible endpoint gets its own filesystem."""
     if not (endpoint and path.startswith("s3://")):
@@ -292,11 +260,3 @@ def storage_args(path: str, endpoint: str | None) -> dict[str, Any]:
         region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
     )
     return {"storage_path": path[len("s3://") :], "storage_filesystem": fs}
-
-
-def _root_cause(exc: BaseException) -> str:
-    seen = exc
-    while seen.__cause__ is not None:
-        seen = seen.__cause__
-    text = str(seen).strip().splitlines()
-    return f"{type(seen).__name__}: {text[-1] if text else ''}"[:500]

@@ -7,6 +7,7 @@ reached, a warning is printed and every result stays on disk.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import time
@@ -17,7 +18,22 @@ from typing import Any
 
 from .ray_train import scalar_metrics
 
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
 DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def quiet_mlflow(verbose: bool) -> None:
+    """MLflow's INFO lines (creating tables, experiments) and SQLAlchemy's deprecation
+    warnings from inside MLflow's store only with ``verbose``; MLflow's real warnings
+    stay."""
+    if verbose:
+        return
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"mlflow\.store")
 
 
 def git_commit() -> str:
@@ -49,21 +65,12 @@ def _requirements() -> list[str]:
     return out
 
 
-def _log_history(mlflow: Any, run_id: str, history: list[dict[str, Any]]) -> None:
-    """Every epoch's metrics in batches of MLflow's limit (1,000 per call) instead of a
-    call per epoch: each call is a round trip to the tracking server (BENCHMARKS.md)."""
+def _metrics(values: dict[str, Any], step: int) -> list:
+    """MLflow Metric entities of one report, stamped now: the UI's wall-time axis is real."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    metrics = [
-        Metric(k, v, now, int(h["epoch"]))
-        for h in history
-        for k, v in scalar_metrics(h).items()
-        if k != "epoch"
-    ]
-    client = mlflow.MlflowClient()
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[i : i + 1000])
+    return [Metric(k, v, now, step) for k, v in scalar_metrics(values).items() if v == v]
 
 
 class Tracker:
@@ -92,6 +99,13 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001 - any tracking failure degrades the same way
             self.fail(exc)
 
+    @classmethod
+    def disabled(cls) -> Tracker:
+        """A tracker that records nothing (a Train run's tests, tools without MLflow)."""
+        tracker = cls.__new__(cls)
+        tracker.ok, tracker.parent, tracker.experiment = False, None, ""
+        return tracker
+
     def fail(self, exc: BaseException) -> None:
         self.ok = False
         warnings.warn(
@@ -112,45 +126,86 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001
             self.fail(exc)
 
-    def log_category(
-        self,
-        category: str,
-        config: dict[str, Any],
-        history: list[dict[str, Any]],
-        final: dict[str, float],
-        tags: dict[str, str],
-        folder: Path,
-    ) -> None:
-        if not self.ok:
+    def start_child(self, category: str, config: dict[str, Any], tags: dict[str, str]) -> Any:
+        """A category's nested run, opened when it starts training; returns its run id
+        (None when tracking is off). Several are open at once, so they are made with the
+        client, under the parent by MLflow's parent-run tag, not the fluent run stack."""
+        if not self.ok or self.parent is None:
+            return None
+        try:
+            from mlflow.entities import Param
+
+            client = self.mlflow.MlflowClient()
+            run = client.create_run(
+                self.parent.info.experiment_id,
+                run_name=category,
+                tags={**tags, "category": category,
+                      "mlflow.parentRunId": self.parent.info.run_id},
+            )  # fmt: skip
+            flat: dict[str, str] = {}
+            _flat("", config, flat)
+            for items in _chunks(list(flat.items()), 100):  # MLflow's limit per call
+                client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items])
+            return run.info.run_id
+        except Exception as exc:  # noqa: BLE001
+            self.fail(exc)
+            return None
+
+    def log_epoch(self, run_id: Any, metrics: dict[str, Any]) -> None:
+        """One epoch's report, logged as it arrives (step: the epoch)."""
+        if not self.ok or run_id is None:
+            return
+        try:
+            values = {k: v for k, v in metrics.items() if k != "epoch"}
+            batch = _metrics(values, int(metrics["epoch"]))
+            self.mlflow.MlflowClient().log_batch(run_id, metrics=batch)
+        except Exception as exc:  # noqa: BLE001
+            self.fail(exc)
+
+    def finish_child(self, run_id: Any, final: dict[str, float], tags: dict, folder: Path) -> None:
+        """A category's final metrics (their own keys, at the last step), its evaluation
+        folder and its model (``folder/model.pt``, logged as an MLflow model, not again as
+        a file); the run ends FINISHED."""
+        if not self.ok or run_id is None:
             return
         mlflow = self.mlflow
         try:
-            with mlflow.start_run(
-                run_name=category, nested=True, tags={**tags, "category": category}
-            ) as run:
-                flat: dict[str, str] = {}
-                _flat("", config, flat)
-                mlflow.log_params(flat)
-                _log_history(mlflow, run.info.run_id, history)
-                mlflow.log_metrics({k: v for k, v in final.items() if v == v})  # drop NaN
-                mlflow.log_artifacts(str(folder / "eval"), artifact_path="eval")
-                mlflow.log_artifact(str(folder / "model.pt"), artifact_path="checkpoint")
-                from skrd4ad.checkpoint import load_model
+            client = mlflow.MlflowClient()
+            for k, v in tags.items():
+                client.set_tag(run_id, k, json.dumps(v) if isinstance(v, list | dict) else str(v))
+            client.log_batch(run_id, metrics=_metrics(final, 0))
+            client.log_artifacts(run_id, str(folder / "eval"), artifact_path="eval")
+            from skrd4ad.checkpoint import load_model
 
-                model, _ = load_model(folder / "model.pt")
-                import mlflow.pytorch
+            model, _ = load_model(folder / "model.pt")
+            import mlflow.pytorch
 
+            # Pickle is chosen knowingly (see below): MLflow's warning about it is not for
+            # the user of a benchmark.
+            logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+            with mlflow.start_run(run_id=run_id, nested=True):
                 # pickle, not pt2: the model returns feature lists, which torch.export
                 # would need an input example and a fixed batch size for. Naming the
-                # requirements skips MLflow's inference of them (seconds per model). Loading
-                # it needs skrd4ad importable (code_paths would copy the package, but MLflow
-                # then re-imports skrd4ad from the copy inside the running process).
+                # requirements skips MLflow's inference of them (seconds per model).
+                # Loading it needs skrd4ad importable (code_paths would copy the package,
+                # but MLflow then re-imports skrd4ad from the copy inside the process).
                 mlflow.pytorch.log_model(
                     model,
                     name="model",
                     serialization_format="pickle",
                     pip_requirements=_requirements(),
                 )
+        except Exception as exc:  # noqa: BLE001
+            self.fail(exc)
+
+    def fail_child(self, run_id: Any, error: str) -> None:
+        """A category that failed: its error as a tag, the run ends FAILED."""
+        if not self.ok or run_id is None:
+            return
+        try:
+            client = self.mlflow.MlflowClient()
+            client.set_tag(run_id, "error", error[:5000])
+            client.set_terminated(run_id, status="FAILED")
         except Exception as exc:  # noqa: BLE001
             self.fail(exc)
 

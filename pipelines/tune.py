@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import json
 import math
 import os
@@ -44,23 +43,36 @@ from skrd4ad.config import Config
 from skrd4ad.errors import UserError
 from skrd4ad.results import METRIC_KEYS
 
+from .data_source import locate
 from .lockstep import Lockstep
+from .orchestrate import (
+    CHECKPOINT_PATH,
+    ERROR,
+    checkpoint_at,
+    cluster_runtime_env,
+    drive,
+    quiet_console,
+    run_trials,
+    trainer_settings,
+    trial_trainable,
+    write_to_storage,
+)
 from .params import load_params, stage_parser, train_config
+from .progress import Progress
 from .ray_train import joins_cluster, link, scalar_metrics, start_ray, storage_args
+from .tracking import quiet_mlflow
 from .tune_space import SearchSpec, load_space, param_space, scheduler, search_algorithm
 from .validate import params_key, validated
 
 LAST = "last.pt"
-# Environment a submitted job hands on to its trials (ray job submit --runtime-env-json).
-FORWARDED_ENV = ("MLFLOW_", "AWS_", "SKRD4AD_")
 
 
 # --------------------------------------------------------------------------- trial side
 _OPEN_LOG: dict[str, Any] = {}
 
 
-def _record_opens(root: str, log: str) -> None:
-    """Append every file this process opens under ``root`` to ``log`` (an audit hook).
+def _record_opens(roots: list[str], log: str) -> None:
+    """Append every file this process opens under ``roots`` to ``log`` (an audit hook).
 
     This is the proof that a search never reads the test split: the hook sees every
     ``open`` of the process, PIL's included, not only the ones skrd4ad means to make.
@@ -68,39 +80,26 @@ def _record_opens(root: str, log: str) -> None:
     if _OPEN_LOG.get(log):  # audit hooks cannot be removed: install once per process
         return
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    prefix = os.path.realpath(root) + os.sep
+    prefixes = tuple(os.path.realpath(root) + os.sep for root in roots)
 
     def hook(event: str, args: tuple) -> None:
         if event != "open" or not isinstance(args[0], str):
             return
-        path = os.path.realpath(args[0]) if not args[0].startswith(prefix) else args[0]
-        if path.startswith(prefix):
+        path = args[0] if args[0].startswith(prefixes) else os.path.realpath(args[0])
+        if path.startswith(prefixes):
             os.write(fd, (path + "\n").encode())  # os.write raises no 'open' event
 
     sys.addaudithook(hook)
     _OPEN_LOG[log] = fd
 
 
-def _data_root(base: dict[str, Any]) -> str:
-    """The dataset root on this node; the embedded default is rebuilt when a node lacks it
-    (it is deterministic, byte for byte), so a cluster needs no shared mount for it."""
-    root = base["train"]["data"]["root"]
-    if Path(root).is_dir() or not base.get("default_dataset"):
-        return root
-    from skrd4ad.data import make_default_dataset
-
-    key = json.dumps(base["default_dataset"], sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    local = Path(tempfile.gettempdir()) / f"skrd4ad-default-{digest}"
-    if not (local / "dataset.json").is_file():
-        tmp = Path(tempfile.mkdtemp(dir=local.parent, prefix=local.name + "."))
-        make_default_dataset(tmp, **base["default_dataset"])
-        (tmp / "dataset.json").write_text(key)
-        try:
-            tmp.rename(local)
-        except OSError:  # another trial on this node won the race
-            shutil.rmtree(tmp, ignore_errors=True)
-    return str(local)
+def data_roots(base: dict[str, Any]) -> dict[str, str]:
+    """Each category's dataset root on this node (pipelines/data_source.py: in place, the
+    node cache, the DVC remote or, for the default dataset, made here)."""
+    root, source = base["train"]["data"]["root"], base.get("source")
+    if not source:  # prepared before sources were recorded: the root as it is
+        return {cat: root for cat in base["categories"]}
+    return {cat: locate(source, root, cat)[0] for cat in base["categories"]}
 
 
 def trial_settings(config: dict[str, Any], base: dict[str, Any], root: str) -> Config:
@@ -111,46 +110,62 @@ def trial_settings(config: dict[str, Any], base: dict[str, Any], root: str) -> C
     return Config.from_dict(base["train"]).with_values({**config, **fixed})
 
 
-def trial_func(config: dict[str, Any], base: dict[str, Any]) -> None:
-    """One trial: the searched settings in ``config`` (``{"loss.alpha": ..}``), everything
-    else in ``base``; its work folder goes when it ends."""
+def search_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
+    """A Tune trial of the search: one Train run (its id names it, so a trial restarted by
+    ``--resume`` resumes its run from storage) training with the searched settings."""
     from ray import tune
 
+    run = tune.get_context().get_trial_id()
+    drive(run, {"config": config, "base": base}, base["trainer"], trial_worker)
+
+
+def trial_worker(loop: dict[str, Any]) -> None:
+    """A trial's Train worker: the searched settings in ``loop["config"]``
+    (``{"loss.alpha": ..}``), everything else in ``loop["base"]``; its work folder goes
+    when it ends."""
+    import ray.train
+
+    config, base = loop["config"], loop["base"]
     started = time.perf_counter()  # trial_s: the trial's own time, to tell Tune's overhead
-    root = _data_root(base)
+    # Finding the data hashes each category's files (the manifest check) before the hook
+    # below records opens; nothing of that reaches training.
+    roots = data_roots(base)
     if base.get("open_log"):
-        _record_opens(root, base["open_log"])
-    settings = trial_settings(config, base, root)
+        _record_opens(sorted(set(roots.values())), base["open_log"])
+    settings = trial_settings(config, base, next(iter(roots.values())))
     work = make_dir(prefix="skrd4ad-trial-")
     try:
-        restored = tune.get_checkpoint()
+        restored = ray.train.get_checkpoint()
         if restored is not None:
             with restored.as_directory() as d:
                 for cat in base["categories"]:
                     if (Path(d) / cat / LAST).is_file():
                         (work / cat).mkdir(parents=True, exist_ok=True)
                         shutil.copy(Path(d) / cat / LAST, work / cat / LAST)
-        Trial(settings, base, work, started).run()
+        Trial(settings, base, work, started, roots).run()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 class Trial:
-    """A trial's categories trained in its work folder, each epoch reported to Tune with a
-    checkpoint of every category's last.pt."""
+    """A trial's categories trained in its work folder, each epoch reported (to Ray Train,
+    and through it to Tune) with a checkpoint of every category's last.pt."""
 
-    def __init__(self, settings: Any, base: dict[str, Any], work: Path, started: float) -> None:
+    def __init__(
+        self, settings: Any, base: dict[str, Any], work: Path, started: float,
+        roots: dict[str, str],
+    ) -> None:  # fmt: skip
         self.settings, self.base, self.work, self.started = settings, base, work, started
-        self.categories = base["categories"]
+        self.categories, self.roots = base["categories"], roots
 
     def config_for(self, cat: str) -> Any:
         return self.settings.with_values({
-            "data.category": cat, "train.out": str(self.work / cat),
+            "data.category": cat, "data.root": self.roots[cat], "train.out": str(self.work / cat),
             "train.resume": (self.work / cat / LAST).is_file(),
         })  # fmt: skip
 
     def report(self, metrics: dict[str, float]) -> None:
-        from ray import tune
+        import ray.train
 
         metrics["trial_s"] = time.perf_counter() - self.started
         metrics = objective_first(metrics, self.base["metric"])
@@ -159,7 +174,7 @@ class Trial:
                 if (self.work / cat / LAST).is_file():
                     (Path(tmp) / cat).mkdir()
                     link(self.work / cat / LAST, Path(tmp) / cat / LAST)  # linked, not copied
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     def run(self) -> None:
         from skrd4ad.train import OnEpochEnd, fit
@@ -204,17 +219,20 @@ def _epoch_of(path: Path) -> int:
 
 
 def evaluate_best_on_test(
-    checkpoint: Any, categories: list[str], config: dict[str, Any]
+    checkpoint: Any, categories: list[str], config: dict[str, Any], source: dict | None = None
 ) -> dict[str, Any]:
-    """The one test-set evaluation of a search: the best trial's final models."""
+    """The one test-set evaluation of a search: the best trial's final models, on the
+    data as this node finds it (``source``: the prepare stage's record)."""
     from skrd4ad.evaluate import evaluate
 
+    base = {"train": config, "categories": categories, "source": source}
+    roots = data_roots(base)
     out: dict[str, Any] = {}
     with checkpoint.as_directory() as d, tempfile.TemporaryDirectory() as tmp:
         for cat in categories:
             metrics = evaluate(
                 Path(d) / cat / LAST,
-                Path(config["data"]["root"]),
+                Path(roots[cat]),
                 cat,
                 Path(tmp) / cat,
                 layout=config["data"]["layout"],
@@ -317,12 +335,16 @@ def _check_cluster_outputs(storage: str, tracking_uri: str | None) -> None:
         )
 
 
-def _ray_init(address: str | None) -> None:
-    # Inside `ray job submit` the job's runtime env (--runtime-env-json) already reaches
-    # every trial, and Ray refuses a second one that repeats its keys.
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
-    in_job = bool(os.environ.get("RAY_ADDRESS"))
-    start_ray(address, {"env_vars": env} if env and not in_job else None, include_dashboard=False)
+def _ray_init(address: str | None, verbose: bool = False) -> None:
+    # On a cluster reached through ray.address / --address, the workers get this
+    # project and environment (a submitted job has its own runtime env); an own local
+    # Ray serves its dashboard (Ray Train's placement-group cleaner asks its State API)
+    # on this machine only.
+    env = cluster_runtime_env(Path.cwd()) if joins_cluster(address) else None
+    start_ray(
+        address, env, console=quiet_console(verbose), include_dashboard=True,
+        dashboard_host="127.0.0.1",
+    )  # fmt: skip
 
 
 def _gpu(value: Any) -> float:
@@ -349,10 +371,12 @@ def _trial_name(label: str, trial: Any) -> str:
 
 
 def _completed(result: Any, epochs: int) -> bool:
+    metrics = result.metrics or {}
     return (
         result.error is None
-        and result.checkpoint is not None
-        and int((result.metrics or {}).get("epoch", 0)) >= epochs
+        and ERROR not in metrics
+        and CHECKPOINT_PATH in metrics
+        and int(metrics.get("epoch", 0)) >= epochs
     )
 
 
@@ -386,45 +410,35 @@ def _tune_one(
 ) -> Any:
     from ray import tune
 
-    trainable = tune.with_resources(
-        tune.with_parameters(trial_func, base=base), {"cpu": spec.cpu, "gpu": _gpu(spec.gpu)}
-    )
+    trainable = tune.with_parameters(search_trial, base=base)
     where = storage_args(storage, endpoint)
     fs = where.get("storage_filesystem")
     path = f"{where['storage_path'].rstrip('/')}/{name}"
     if resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
         # Finished trials keep their results; unfinished ones go on from their checkpoint.
         tuner = tune.Tuner.restore(
-            path, trainable=trainable, resume_errored=True, storage_filesystem=fs
-        )
-    else:
-        if resume:
-            print(f"tune: nothing to resume at {path}; starting the search")
-        from ray.tune import CheckpointConfig, RunConfig
-
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(spec),
-            tune_config=tune.TuneConfig(
-                metric=spec.metric,
-                mode=spec.mode,
-                search_alg=search_algorithm(spec),
-                scheduler=scheduler(spec),
-                num_samples=spec.num_samples,
-                # search_algorithm limits the concurrency already; a second limit here
-                # makes Ray warn that it "will be ignored".
-                max_concurrent_trials=None,
-                trial_name_creator=functools.partial(_trial_name, label),
-            ),
-            run_config=RunConfig(
-                name=name,
-                **where,
-                callbacks=callbacks,
-                checkpoint_config=CheckpointConfig(num_to_keep=1),
-                verbose=1,
-            ),
-        )
-    return tuner.fit()
+            path, trainable=trial_trainable(trainable), resume_errored=True,
+            storage_filesystem=fs,
+        )  # fmt: skip
+        return tuner.fit()
+    if resume:
+        print(f"tune: nothing to resume at {path}; starting the search")
+    tune_config = tune.TuneConfig(
+        metric=spec.metric,
+        mode=spec.mode,
+        search_alg=search_algorithm(spec),
+        scheduler=scheduler(spec),
+        num_samples=spec.num_samples,
+        # search_algorithm limits the concurrency already; a second limit here makes Ray
+        # warn that it "will be ignored".
+        max_concurrent_trials=None,
+        trial_name_creator=functools.partial(_trial_name, label),
+    )
+    return run_trials(
+        trainable, param_space(spec), name=name, storage_path=storage,
+        storage_endpoint=endpoint, tune_config=tune_config, callbacks=callbacks,
+        trial_retries=0,
+    )  # fmt: skip
 
 
 def _mlflow_callbacks(spec: SearchSpec, tracker: Any, category: str) -> list[Any]:
@@ -455,6 +469,7 @@ def run(
     resume: bool = False,
     address: str | None = None,
     open_log: str | None = None,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """Run the search; returns the summary written to ``<storage>/<name>/best.yaml``."""
     dataset = _dataset(params, prepared)
@@ -465,46 +480,66 @@ def run(
     name = name or spec.name
     train_base = _train_base(spec, params, root, dataset["layout"])
     _validate_search(spec, params, train_base, categories)
-    _ray_init(address)
+    _ray_init(address, verbose)
 
-    default = params.get("default_dataset", {}) if dataset["name"] == "default" else None
     base_common = dict(train=train_base, open_log=open_log, metric=spec.metric)
-    base_common["default_dataset"] = default  # rebuilt on a node that lacks it
+    base_common["source"] = dataset.get("source")  # how a node finds the data
     tracker = _start_tracker(params, spec, dataset, name)
     groups = [[c] for c in categories] if spec.scope == "per_category" else [categories]
     summary: dict[str, Any] = {"search": spec.name, "space": str(spec.path)}
     summary.update(metric=spec.metric, mode=spec.mode, scope=spec.scope)
     summary.update(dataset=dataset["name"], best={}, trials={})
+    endpoint = params["ray"].get("storage_endpoint")
     t0 = time.perf_counter()
     for group in groups:
         label = group[0] if len(group) == 1 else "shared"
-        run_name, t_group = f"{name}-{label}", time.perf_counter()
-        callbacks = _mlflow_callbacks(spec, tracker, label)
-        grid = _tune_one(
-            spec, {**base_common, "categories": group}, name=run_name, storage=storage,
-            resume=resume, callbacks=callbacks, label=label,
-            endpoint=params["ray"].get("storage_endpoint"),
+        trainer = trainer_settings(
+            num_workers=1, cpus=spec.cpu, gpus=_gpu(spec.gpu), max_failures=0,
+            storage_path=f"{storage.rstrip('/')}/{name}-{label}-runs", storage_endpoint=endpoint,
+            device=train_base.get("runtime", {}).get("device", "auto"),
         )  # fmt: skip
-        unfinished = _unfinished(grid, spec)
-        if unfinished:
-            tracker.abort()
-            raise SearchInterrupted(
-                f"search {run_name} stopped with {unfinished} unfinished trial(s); its "
-                f"state is saved under {storage}: run the same command with --resume"
-            )
-        test_config = Config.from_dict(train_base).with_values({"data.root": root}).to_dict()
-        entry, trials = _outcome(grid, spec, group, test_config, time.perf_counter() - t_group)
+        base = {**base_common, "categories": group, "trainer": trainer}
+        entry, trials = _search_group(spec, base, label, name, storage, resume, tracker, root)
         for cat in group:
             summary["best"][cat] = {k: v for k, v in entry.items() if k != "test"}
             summary["best"][cat].update({"test": entry["test"][cat]} if "test" in entry else {})
         summary["trials"][label] = trials
         tracker_log_best(tracker, label, entry, spec)
     summary["wall_s"] = time.perf_counter() - t0
-    out = Path(storage) / name / "best.yaml" if "://" not in storage else Path(f"{name}-best.yaml")
-    atomic_write_text(out, yaml.safe_dump(summary, sort_keys=False))
-    summary["file"] = str(out)
-    tracker.finish({"search_wall_s": float(summary["wall_s"])}, out)
+    text = yaml.safe_dump(summary, sort_keys=False)
+    summary["file"] = f"{storage.rstrip('/')}/{name}/best.yaml"
+    write_to_storage(summary["file"], text, endpoint)
+    with temporary_dir() as tmp:  # MLflow logs a local copy, wherever the storage is
+        (Path(tmp) / "best.yaml").write_text(text)
+        tracker.finish({"search_wall_s": float(summary["wall_s"])}, Path(tmp) / "best.yaml")
     return summary
+
+
+def _search_group(
+    spec: SearchSpec, base: dict[str, Any], label: str, name: str, storage: str,
+    resume: bool, tracker: Any, root: str,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+    """One Tune run: the trials of a category (or of all, for a shared search), then the
+    best config's one test-set evaluation."""
+    run_name, started = f"{name}-{label}", time.perf_counter()
+    callbacks = [Progress(_describe(spec), spec.metric), *_mlflow_callbacks(spec, tracker, label)]
+    trainer = base["trainer"]
+    grid = _tune_one(
+        spec, base, name=run_name, storage=storage, resume=resume, callbacks=callbacks,
+        label=label, endpoint=trainer["storage_endpoint"],
+    )  # fmt: skip
+    unfinished = _unfinished(grid, spec)
+    if unfinished:
+        tracker.abort()
+        raise SearchInterrupted(
+            f"search {run_name} stopped with {unfinished} unfinished trial(s); its "
+            f"state is saved under {storage}: run the same command with --resume"
+        )
+    test_config = Config.from_dict(base["train"]).with_values({"data.root": root}).to_dict()
+    return _outcome(
+        grid, spec, base["categories"], test_config, time.perf_counter() - started, trainer,
+        base["source"],
+    )  # fmt: skip
 
 
 def _storage(storage: str | None, params: dict[str, Any], address: str | None) -> str:
@@ -532,8 +567,9 @@ def _start_tracker(params: dict, spec: SearchSpec, dataset: dict, name: str) -> 
 
 
 def _outcome(
-    grid: Any, spec: SearchSpec, group: list[str], test_config: dict[str, Any], search_s: float
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    grid: Any, spec: SearchSpec, group: list[str], test_config: dict[str, Any], search_s: float,
+    trainer: dict[str, Any], source: dict | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
     """A finished search's trials, and its best config with that config's test metrics
     (the one test-set evaluation of the search)."""
     import ray
@@ -544,7 +580,7 @@ def _outcome(
             "epochs_run": int((r.metrics or {}).get("epoch", 0)),
             "trial_s": (r.metrics or {}).get("trial_s"),
             spec.metric: (r.metrics or {}).get(spec.metric),
-            "error": None if r.error is None else str(r.error)[:300],
+            "error": _error(r),
         }
         for r in grid
     ]
@@ -562,8 +598,28 @@ def _outcome(
     entry["config"] = {k: _plain(best.config[k]) for k in spec.params}
     entry[spec.metric] = float(best.metrics[spec.metric])
     remote = ray.remote(num_cpus=spec.cpu, num_gpus=_gpu(spec.gpu))(evaluate_best_on_test)
-    entry["test"] = ray.get(remote.remote(best.checkpoint, group, test_config))
+    checkpoint = checkpoint_at(
+        best.metrics[CHECKPOINT_PATH], trainer["storage_path"], trainer["storage_endpoint"]
+    )
+    entry["test"] = ray.get(remote.remote(checkpoint, group, test_config, source))
     return entry, trials
+
+
+def _error(result: Any) -> str | None:
+    """A trial's error: raised in its process, or its Train run's (reported)."""
+    if result.error is not None:
+        return str(result.error)[:300]
+    error = (result.metrics or {}).get(ERROR)
+    return None if error is None else str(error)[:300]
+
+
+def _describe(spec: SearchSpec) -> Callable[[Any], tuple[str, int]]:
+    """A trial's row in the live view: its name and the search's epochs."""
+    return functools.partial(_trial_row, spec.epochs)
+
+
+def _trial_row(epochs: int, trial: Any) -> tuple[str, int]:
+    return str(trial), epochs
 
 
 def _plain(value: Any) -> Any:
@@ -662,6 +718,10 @@ def _parser() -> argparse.ArgumentParser:
         "--address", help="Ray cluster address; default params ray.address, or the job's cluster"
     )
     parser.add_argument(
+        "--verbose", action="store_true",
+        help="Ray's INFO lines, the workers' output and Tune's tables (also: RAY_LOG=1)",
+    )  # fmt: skip
+    parser.add_argument(
         "--write-params",
         action="store_true",
         help="write the best loss weights into --params for dvc repro",
@@ -673,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
+    quiet_mlflow(args.verbose)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
         spec = load_space(args.space)  # before Ray starts: a bad file costs no trial
@@ -686,6 +747,7 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             address=args.address,
             open_log=os.environ.get("SKRD4AD_OPEN_LOG"),
+            verbose=args.verbose,
         )
         if args.write_params:
             write_params(summary, Path(args.params))

@@ -86,7 +86,11 @@ def test_dvc_repro_writes_metrics_plots_and_report(project):
     for cat in ("brick", "gravel"):
         m = metrics["categories"][cat]
         assert all(0 <= m[k] <= 1 for k in METRIC_KEYS)
-        assert (root / "results" / "benchmark" / cat / "model.pt").is_file()
+        # The final weights are stored once, in the run storage; the results name them.
+        assert not (root / "results" / "benchmark" / cat / "model.pt").exists()
+        model = json.loads((root / "results" / "benchmark" / cat / "model.json").read_text())
+        assert Path(model["model"]).is_file()
+        assert Path(model["model"]).is_relative_to(root / "results" / "ray")
         assert (root / "results" / "benchmark" / cat / "eval" / "metrics.json").is_file()
         # 2 CPUs over 2 categories: a share of 1 CPU, so threads_per_worker auto = 2
         assert m["torch_threads"] == min(2, len(os.sched_getaffinity(0)))
@@ -239,7 +243,7 @@ def _checkpoints(storage: Path, runs: set[str]) -> dict[str, str]:
         kinds = {
             "final" if (c / "final_metrics.json").is_file() else "epoch"
             for c in run.glob("checkpoint_*")
-            if (c / "last.pt").is_file()
+            if (c / "last.pt").is_file() or (c / "model.pt").is_file()
         }
         if kinds:
             seen[run.name] = "final" if "final" in kinds else "epoch"
@@ -316,7 +320,10 @@ def test_unreachable_mlflow_warns_and_keeps_going(tmp_path, monkeypatch):
         tracker = Tracker("x")
     assert not tracker.ok
     tracker.start("bench", {"a": 1}, {})
-    tracker.log_category("brick", {}, [], {}, {}, tmp_path)
+    run = tracker.start_child("brick", {}, {})
+    tracker.log_epoch(run, {"epoch": 1, "loss": 1.0})
+    tracker.finish_child(run, {}, {}, tmp_path)
+    tracker.fail_child(run, "error")
     tracker.finish({}, tmp_path / "metrics.json")  # no-ops, no exception
 
 
@@ -343,7 +350,8 @@ def test_killed_worker_resumes_from_its_checkpoint(project, tmp_path):
 def test_two_worker_ddp_matches_single_worker_in_expectation(small_dataset, tmp_path):
     import ray
 
-    from pipelines.ray_train import fit_category
+    from pipelines.benchmark import fit_categories, job
+    from pipelines.orchestrate import trainer_settings
 
     base = {
         "data": {"root": str(small_dataset), "category": "grass"},
@@ -358,28 +366,22 @@ def test_two_worker_ddp_matches_single_worker_in_expectation(small_dataset, tmp_
     try:
         runs = {}
         for workers in (1, 2):
-            runs[workers] = fit_category(
-                "grass",
-                base,
-                num_workers=workers,
-                cpus_per_worker=1,
-                gpus_per_worker=0,
-                storage_path=str(tmp_path / "ray"),
-                run_name=f"ddp{workers}",
-                max_failures=0,
-                overlays=0,
-                dest=tmp_path / f"w{workers}",
-            )
+            settings = trainer_settings(
+                num_workers=workers, cpus=1, gpus=0, storage_path=str(tmp_path / "ray"),
+                storage_endpoint=None, max_failures=0,
+            )  # fmt: skip
+            jobs = [job("grass", base, f"ddp{workers}", overlays=0)]
+            (runs[workers],) = fit_categories(jobs, settings, tmp_path / f"w{workers}").values()
     finally:
         ray.shutdown()
-    # Ray keeps the 2 latest checkpoints: the last epoch's and the final one.
-    stored = sorted((tmp_path / "ray" / "ddp1").glob("checkpoint_*/last.pt"))
-    assert len(stored) == 2
+    # A finished run keeps only what it needs: its final checkpoint, without last.pt.
+    (stored,) = (tmp_path / "ray" / "ddp1").glob("checkpoint_*")
+    assert (stored / "model.pt").is_file() and not (stored / "last.pt").exists()
     histories = {}
     for workers, outcome in runs.items():
         assert "error" not in outcome, outcome
         histories[workers] = json.loads(
-            (tmp_path / f"w{workers}" / "train_history.json").read_text()
+            (tmp_path / f"w{workers}" / "grass" / "train_history.json").read_text()
         )
         assert [h["epoch"] for h in histories[workers]] == [1, 2, 3]
     single, ddp = (np.array([h["loss"] for h in histories[w]]) for w in (1, 2))
@@ -389,14 +391,14 @@ def test_two_worker_ddp_matches_single_worker_in_expectation(small_dataset, tmp_
 
 
 def test_auto_cpus_share_the_cluster_so_no_category_waits():
-    from pipelines.benchmark import _cpus_per_worker
+    from pipelines.orchestrate import cpus_per_worker
 
-    share = _cpus_per_worker("auto", {"CPU": 2.0}, 3, 0.0)
+    share = cpus_per_worker("auto", {"CPU": 2.0}, 3, 0.0)
     assert share == pytest.approx(2 / 3, abs=1e-4) and round(share * 1e4) * 3 <= 2e4
-    assert _cpus_per_worker("auto", {"CPU": 64.0}, 4, 0.0) == 8.0  # capped
-    assert _cpus_per_worker("auto", {"CPU": 2.0}, 15, 0.0) == 0.5  # at most 2 per core
-    assert _cpus_per_worker("auto", {"CPU": 16.0, "GPU": 1.0}, 15, 0.25) == 1.0
-    assert _cpus_per_worker(3, {"CPU": 2.0}, 3, 0.0) == 3.0
+    assert cpus_per_worker("auto", {"CPU": 64.0}, 4, 0.0) == 8.0  # capped
+    assert cpus_per_worker("auto", {"CPU": 2.0}, 15, 0.0) == 0.5  # at most 2 per core
+    assert cpus_per_worker("auto", {"CPU": 16.0, "GPU": 1.0}, 15, 0.25) == 1.0
+    assert cpus_per_worker(3, {"CPU": 2.0}, 3, 0.0) == 3.0
 
 
 def test_threads_per_worker_auto_doubles_the_cpu_share():

@@ -1,0 +1,184 @@
+"""Servers the integration tests start on 127.0.0.1: moto's S3, an MLflow tracking server,
+and a multi-node Ray cluster whose worker nodes share no disk with the driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(check, what: str, log: Path, timeout: float = 120, process=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (process is None or process.poll() is None):
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - still starting
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} did not start: {log.read_text()[-3000:]}")
+
+
+def start_moto(folder: Path, bucket: str) -> tuple[subprocess.Popen, str]:
+    """moto's S3 server with ``bucket``; returns the process and its endpoint."""
+    port, log = free_port(), folder / "moto.log"
+    server = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **AWS},
+    )  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, **_boto_args())
+    _wait(lambda: client.create_bucket(Bucket=bucket), "moto server", log)
+    return server, endpoint
+
+
+def _boto_args() -> dict[str, str]:
+    return {
+        "aws_access_key_id": AWS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": AWS["AWS_SECRET_ACCESS_KEY"],
+        "region_name": AWS["AWS_DEFAULT_REGION"],
+    }
+
+
+def s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, **_boto_args())
+
+
+def start_mlflow(folder: Path, artifacts: str, endpoint: str) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` (sqlite backend) proxying artifacts to ``artifacts`` (s3://)."""
+    port, log = free_port(), folder / "mlflow.log"
+    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
+    cmd += ["--artifacts-destination", artifacts, "--workers", "1"]
+    env = {**os.environ, **AWS, "MLFLOW_S3_ENDPOINT_URL": endpoint}
+    server = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    uri = f"http://127.0.0.1:{port}"
+    _wait(lambda: urllib.request.urlopen(f"{uri}/health", timeout=2), "mlflow server", log)
+    return server, uri
+
+
+@dataclass
+class Node:
+    name: str
+    process: subprocess.Popen
+    cache: Path
+
+
+@dataclass
+class RayCluster:
+    """A head (no CPUs: the drivers' node) and worker nodes, each ``ray start --block`` in
+    its own session; a worker node runs on its own loopback address inside its own mount
+    namespace, with empty tmpfs over the ``hidden`` folders and Ray's temp folder, so that
+    it sees none of them."""
+
+    folder: Path
+    hidden: list[Path]
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    dashboard_port: int = field(default_factory=free_port)
+    nodes: dict[str, Node] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start(self, workers: dict[str, dict[str, int]]) -> None:
+        head = [str(BIN / "ray"), "start", "--head", "--block", "--port", str(self.port)]
+        head += ["--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1"]
+        head += ["--dashboard-port", str(self.dashboard_port), "--num-cpus", "0"]
+        head += ["--num-gpus", "0", "--disable-usage-stats", "--object-store-memory", "100000000"]
+        self._spawn("head", head, isolated=False)
+        _wait(self._dashboard_up, "the Ray head", self.folder / "head.log",
+              process=self.nodes["head"].process)  # fmt: skip
+        for i, (name, resources) in enumerate(workers.items()):
+            # Its own loopback address and its own Ray temp folder (tmpfs over /tmp/ray):
+            # a machine of its own, whose Ray files (the runs' working directories among
+            # them) no other node shares or garbage-collects.
+            cmd = [str(BIN / "ray"), "start", "--block", "--address", self.address]
+            cmd += ["--node-ip-address", f"127.0.0.{i + 2}", "--disable-usage-stats"]
+            cmd += ["--num-cpus", str(resources.get("cpus", 2))]
+            cmd += ["--num-gpus", str(resources.get("gpus", 0))]
+            cmd += ["--resources", json.dumps({f"node_{name}": 1})]
+            cmd += ["--object-store-memory", "100000000"]
+            # One at a time: nodes on one IP that start together can take each other's
+            # registration for their own.
+            self._spawn(name, cmd, isolated=True)
+            _wait(lambda name=name: name in self.node_ids(), f"node {name}",
+                  self.folder / f"{name}.log", process=self.nodes[name].process)  # fmt: skip
+
+    def _spawn(self, name: str, cmd: list[str], isolated: bool) -> None:
+        cache = self.folder / f"cache-{name}"
+        env = {**self.env, "SKRD4AD_DATA_CACHE": str(cache)}
+        if isolated:
+            hidden = [*self.hidden, Path("/tmp/ray")]
+            mounts = " && ".join(f"mount -t tmpfs tmpfs {shlex.quote(str(p))}" for p in hidden)
+            script = f"{mounts} && exec {shlex.join(cmd)}"
+            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+        log = (self.folder / f"{name}.log").open("w")
+        process = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.nodes[name] = Node(name, process, cache)
+
+    def _dashboard_up(self) -> bool:
+        urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2).close()
+        return True
+
+    def node_ids(self) -> dict[str, str]:
+        """{name: Ray node id} of the alive nodes (the head is ``head``)."""
+        from ray.util.state import list_nodes
+
+        out = {}
+        for node in list_nodes(address=self.dashboard, filters=[("state", "=", "ALIVE")]):
+            names = [r[len("node_") :] for r in node.resources_total if r.startswith("node_")]
+            out[names[0] if names else "head"] = node.node_id
+        return out
+
+    def kill(self, name: str) -> None:
+        """The node dies at once, as a lost machine would: every process of it."""
+        import psutil
+
+        node = self.nodes.pop(name)
+        root = psutil.Process(node.process.pid)
+        family = [root, *root.children(recursive=True)]
+        for p in family:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(family, timeout=30)
+
+    def stop(self) -> None:
+        for name in [n for n in self.nodes if n != "head"] + ["head"]:
+            if name in self.nodes:
+                self.kill(name)
