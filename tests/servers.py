@@ -76,7 +76,9 @@ def start_mlflow(folder: Path, artifacts: str, endpoint: str) -> tuple[subproces
     cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
     cmd += ["--artifacts-destination", artifacts, "--workers", "1"]
-    env = {**os.environ, **AWS, "MLFLOW_S3_ENDPOINT_URL": endpoint}
+    # No job runner: its eight worker processes serve GenAI jobs this project never sends.
+    env = {**os.environ, **AWS, "MLFLOW_S3_ENDPOINT_URL": endpoint,
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # fmt: skip
     server = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     uri = f"http://127.0.0.1:{port}"
     _wait(lambda: urllib.request.urlopen(f"{uri}/health", timeout=2), "mlflow server", log)
