@@ -70,6 +70,12 @@ def cache_root() -> Path:
 def locate(source: dict[str, Any], root: str, category: str) -> tuple[str, str]:
     """``(root, how)``: a dataset root on this node that holds ``category`` as recorded,
     and how it got there (local, node-cache, remote or generated)."""
+    if category not in source["manifests"]:
+        raise UserError(
+            f"category {category}: not found in the prepared dataset (prepared: "
+            f"{', '.join(source['manifests']) or 'none'}): add it to dataset.categories and "
+            "run the prepare stage"
+        )
     want = source["manifests"][category]
     if (Path(root) / category).is_dir() and manifest(Path(root) / category) == want:
         return root, "local"

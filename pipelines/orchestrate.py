@@ -10,6 +10,8 @@ is fitted by Ray Train workers (DDP when ``num_workers > 1``), whose reports rea
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -171,7 +173,17 @@ def run_trials(
             verbose=2 if verbose else 0,
         ),
     )
-    return tuner.fit()
+    return fit(tuner, verbose)
+
+
+def fit(tuner: Any, verbose: bool) -> Any:
+    """``tuner.fit()``; Tune's experiment header (and a TensorBoard hint for logs this
+    project does not write), which it prints on stdout whatever its verbosity, only with
+    ``verbose``: the callbacks show the run instead."""
+    if verbose:
+        return tuner.fit()
+    with contextlib.redirect_stdout(io.StringIO()):
+        return tuner.fit()
 
 
 def trial_trainable(trial: Callable[[dict], None]) -> Any:

@@ -51,6 +51,7 @@ from .orchestrate import (
     checkpoint_at,
     cluster_runtime_env,
     drive,
+    fit,
     quiet_console,
     run_trials,
     trainer_settings,
@@ -420,7 +421,7 @@ def _tune_one(
             path, trainable=trial_trainable(trainable), resume_errored=True,
             storage_filesystem=fs,
         )  # fmt: skip
-        return tuner.fit()
+        return fit(tuner, verbose=False)
     if resume:
         print(f"tune: nothing to resume at {path}; starting the search")
     tune_config = tune.TuneConfig(

@@ -109,3 +109,10 @@ def test_data_on_no_node_and_in_no_remote_is_a_clear_error(tmp_path, cache):
     record = source_record("local", tmp_path / "data", ["brick"], version="")
     with pytest.raises(UserError, match="version the dataset with DVC"):
         locate(record, str(tmp_path / "gone"), "brick")
+
+
+def test_a_category_that_was_not_prepared_is_named(tmp_path, cache):
+    make_default_dataset(tmp_path / "data", **SMALL)
+    record = source_record("local", tmp_path / "data", ["brick"], version="")
+    with pytest.raises(UserError, match="category tile: not found in the prepared dataset"):
+        locate(record, str(tmp_path / "data"), "tile")
