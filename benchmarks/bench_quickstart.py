@@ -1,6 +1,6 @@
-"""The quick start's wall time and metrics: `dvc repro` (params.yaml as committed) in a
-fresh clone of each git revision, with this checkout's environment, alternated over rounds
-so that both revisions see the same machine load.
+"""The quick start's wall time, metrics and the bytes it leaves: `dvc repro` (params.yaml
+as committed) in a fresh clone of each git revision, with this checkout's environment,
+alternated over rounds so that both revisions see the same machine load.
 
     python benchmarks/bench_quickstart.py --revs dd43d0e HEAD [--rounds 2]
 
@@ -47,7 +47,18 @@ def one_run(rev: str, scratch: Path) -> dict:
     sh([sys.executable, "-m", "dvc", "repro", "-q"], clone, env)
     wall = time.perf_counter() - t0
     metrics = json.loads((clone / "metrics.json").read_text())
-    return {"rev": rev, "commit": commit, "wall_s": wall, "mean": metrics["mean"]}
+    # What the run left in the clone (the git history aside), by top-level entry; the Ray
+    # storage (results/ray) stands for what S3 would hold on a cluster.
+    left = {p.name: _size(p) for p in clone.iterdir() if p.name != ".git"}
+    left["results/ray"] = _size(clone / "results" / "ray")
+    return {"rev": rev, "commit": commit, "wall_s": wall, "mean": metrics["mean"],
+            "bytes_left": {k: v for k, v in sorted(left.items()) if v > 1e5}}  # fmt: skip
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def main() -> None:
@@ -69,6 +80,7 @@ def main() -> None:
             "median_wall_s": statistics.median(r["wall_s"] for r in done),
             "mean_metrics": done[0]["mean"],
             "same_metrics_every_round": all(r["mean"] == done[0]["mean"] for r in done),
+            "bytes_left": done[-1]["bytes_left"],
         }
         for rev, done in runs.items()
     }

@@ -181,6 +181,10 @@ class RayCluster:
         psutil.wait_procs(family, timeout=30)
 
     def stop(self) -> None:
+        """Every node's processes killed, then `ray stop`, as a user ends a cluster: it
+        also forgets the head's address, which `ray start --head` left for "auto" lookups
+        (Ray Train's placement-group cleaner in a later local Ray would try it)."""
         for name in [n for n in self.nodes if n != "head"] + ["head"]:
             if name in self.nodes:
                 self.kill(name)
+        subprocess.run([str(BIN / "ray"), "stop"], env=self.env, capture_output=True, timeout=120)

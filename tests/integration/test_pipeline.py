@@ -210,28 +210,6 @@ def test_failed_category_is_reported_and_others_finish(project, tmp_path):
     assert metrics["categories"]["brick"]["aupro"] is not None
 
 
-def test_a_rerun_reuses_finished_categories_and_a_changed_setting_trains_anew(project, tmp_path):
-    """What a lost driver leaves: the same settings, data and code give the same Ray Train
-    run names, so the finished categories' results come from storage, untrained; another
-    setting is another run."""
-    root, _ = project
-    # The dvc repro's own record (metrics.json is not cached by DVC: other tests rewrite it).
-    final = root / "results" / "benchmark" / "brick" / "final_metrics.json"
-    first = {"brick": json.loads(final.read_text())}
-    for sub in ("a", "b"):
-        (tmp_path / sub).mkdir()
-    _, again, _ = rerun_benchmark(project, tmp_path / "a", ["brick"], resources={}, train={})
-    brick = again["categories"]["brick"]
-    assert brick["reused"] is True  # the first run's record, as it was: nothing retrained
-    for key in ("aupro", "train_s", "resumed_from_epoch"):
-        assert brick[key] == first["brick"][key], key
-    _, other, _ = rerun_benchmark(
-        project, tmp_path / "b", ["brick"], resources={}, train={"seed": 7}
-    )
-    assert other["categories"]["brick"]["reused"] is False
-    assert other["categories"]["brick"]["resumed_from_epoch"] == 0
-
-
 def _checkpoints(storage: Path, runs: set[str]) -> dict[str, str]:
     """{run: "final" or "epoch"} of the runs in ``storage`` not in ``runs`` that have a
     checkpoint Ray Train registered (its snapshot is written): a finished category's final
