@@ -67,6 +67,13 @@ def someone_elses_cluster():
         head.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
+    # `ray stop` forgets the head's address, which `ray start --head` left for "auto"
+    # lookups: Ray Train's placement-group cleaner in a later local Ray would ask that dead
+    # cluster, and the placement groups of trials ASHA stopped would never be freed.
+    subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "stop"], env=env, capture_output=True,
+        timeout=120,
+    )  # fmt: skip
 
 
 def probe(mode: str, env: dict) -> str:
