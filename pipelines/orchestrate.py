@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .data_source import CACHE_ENV
+
 # A trial only drives its Train run; the Train workers hold the CPUs and GPUs. Tune refuses
 # an empty request, so a trial asks for one byte of memory and no CPU (a CPU share would
 # leave a worker that asks for all of a node's CPUs unschedulable).
@@ -33,7 +35,7 @@ ERROR = "error"
 # Environment a driver hands on to a cluster's workers: S3 and MLflow access, skrd4ad's
 # settings. A node's own data cache (data_source.CACHE_ENV) stays the node's.
 FORWARDED_ENV = ("MLFLOW_", "AWS_", "SKRD4AD_")
-NODE_ENV = ("SKRD4AD_DATA_CACHE",)
+NODE_ENV = (CACHE_ENV,)
 # What a cluster run's working directory leaves out (gitignore patterns, anchored at the
 # project): data reaches the workers through DVC, outputs stay with the driver.
 EXCLUDES = ["/.git", "/.venv", "/.dvc/cache", "/.dvc/tmp", "/data", "/prepared", "/results",
