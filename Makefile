@@ -32,7 +32,7 @@ demo-single: setup
 
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # The core package alone (no Ray, MLflow or DVC needed), and the orchestration.
 test-unit: setup

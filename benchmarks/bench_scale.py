@@ -189,7 +189,7 @@ def finished_and_checkpointed(storage: Path, finished: int) -> bool:
             continue
         if any((c / "final_metrics.json").is_file() for c in run.glob("checkpoint_*")):
             done += 1
-        elif any((c / "last.pt").is_file() for c in run.glob("checkpoint_*")):
+        elif any((c / "last.pt").is_file() for c in run.glob("checkpoint_*")):  # an epoch's
             partial += 1
     return done >= finished and partial >= 1
 
@@ -214,8 +214,13 @@ def main() -> None:
         for item in ("results", "metrics.json", "mlflow.db", "mlruns", "prepared", "dvc.lock"):
             path = proj / item
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        # DVC's run cache would restore the first run's outputs without running anything:
+        # a user's first run of these settings has none.
+        shutil.rmtree(proj / ".dvc" / "cache" / "runs", ignore_errors=True)
         cut = repro(proj, env, kill_when=lambda: finished_and_checkpointed(
             storage, args.finished_before_kill))  # fmt: skip
+        if not cut["killed"]:
+            raise SystemExit("the second run ended before it could be killed")
         again = repro(proj, env)
         cats = json.loads((proj / "metrics.json").read_text())["categories"]
         reused = sorted(c for c, m in cats.items() if m.get("reused"))

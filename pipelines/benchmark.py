@@ -42,9 +42,11 @@ from .orchestrate import (
     gpus_per_worker,
     max_concurrent,
     quiet_console,
+    remove_from_storage,
     run_trials,
     storage_uri,
     trainer_settings,
+    write_to_storage,
 )
 from .params import load_params, stage_parser, train_config
 from .progress import Progress
@@ -52,7 +54,8 @@ from .ray_train import PLACEMENT, start_ray, train_func
 from .tracking import Tracker, git_commit, quiet_mlflow
 from .validate import params_key, validated
 
-# In results/benchmark/<category>: where the final weights are stored (the run storage).
+# In results/benchmark/<category>: where the final weights are stored once (an MLflow
+# model, or with tracking off the run storage).
 MODEL_POINTER = "model.json"
 
 
@@ -80,15 +83,6 @@ def _csv(rows: list[dict[str, Any]], fields: list[str]) -> str:
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
-
-
-def _fault_injection() -> dict[str, Any] | None:
-    """SKRD4AD_FAULT_AFTER_EPOCH=N and SKRD4AD_FAULT_MARKER=FILE kill each category's worker
-    once after epoch N, to prove recovery from checkpoints (tests only)."""
-    after = os.environ.get("SKRD4AD_FAULT_AFTER_EPOCH")
-    if not after:
-        return None
-    return {"after_epoch": int(after), "marker": os.environ["SKRD4AD_FAULT_MARKER"]}
 
 
 def _train_env(local: bool) -> None:
@@ -154,7 +148,6 @@ def _jobs(params: dict[str, Any], configs: dict[str, dict], dataset: dict) -> tu
     loop = {
         "overlays": overlays,
         "source": dataset.get("source"),
-        "fault": _fault_injection(),
         "threads": _threads_per_worker(res.get("threads_per_worker", "auto"), cpus, gpus),
     }
     result = {"overlays": overlays, "num_workers": num_workers}
@@ -166,12 +159,11 @@ def _jobs(params: dict[str, Any], configs: dict[str, dict], dataset: dict) -> tu
 
 def job(
     category: str, config: dict[str, Any], run_name: str, *, overlays: int,
-    source: dict | None = None, fault: dict | None = None, threads: int | None = None,
+    source: dict | None = None, threads: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One category's Train run: its name and its workers' config (plain data).
     ``source``: where a node gets the data (the prepare stage's record)."""
-    loop = {"train": config, "overlays": overlays, "source": source, "fault": fault,
-            "threads": threads}  # fmt: skip
+    loop = {"train": config, "overlays": overlays, "source": source, "threads": threads}
     return {"category": category, "run_name": run_name,
             "epochs": int(config["train"]["epochs"]), "loop": loop}  # fmt: skip
 
@@ -223,7 +215,7 @@ class Recorder(tune.Callback):
         if cat not in self.final or CHECKPOINT_PATH not in self.final[cat]:
             self._failed(cat, "the trial ended without a final checkpoint")
             return
-        self.outcomes[cat] = self._collect(cat, self.final[cat])
+        self.outcomes[cat] = self._collect(cat, self.final[cat], trial.config["job"]["loop"])
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._failed(trial.config["job"]["category"], "its trial failed (see the Ray logs)")
@@ -232,19 +224,18 @@ class Recorder(tune.Callback):
         self.outcomes[cat] = {"category": cat, "error": error}
         self.tracker.fail_child(self.runs.get(cat), error)
 
-    def _collect(self, cat: str, result: dict) -> dict[str, Any]:
+    def _collect(self, cat: str, result: dict, loop: dict) -> dict[str, Any]:
         """The final checkpoint but the weights into ``out/<category>``, with model.json
-        naming where the weights are (the run storage: their one stored copy); the model
-        goes to MLflow from a transient download."""
+        naming where the weights are stored once: the MLflow model logged from a transient
+        download (the run storage then keeps a pointer instead of model.pt), or, with
+        tracking off, the run storage."""
         folder = self.out / cat
-        storage = self.settings["storage_path"]
-        checkpoint = checkpoint_at(
-            result[CHECKPOINT_PATH], storage, self.settings["storage_endpoint"]
-        )
+        stored = result[CHECKPOINT_PATH].rstrip("/")
+        storage, endpoint = self.settings["storage_path"], self.settings["storage_endpoint"]
         self.out.mkdir(parents=True, exist_ok=True)  # the download is renamed into it
         with tempfile.TemporaryDirectory(dir=self.out, prefix=".download-") as tmp:
             download = Path(tmp) / cat
-            checkpoint.to_directory(str(download))
+            checkpoint_at(stored, storage, endpoint).to_directory(str(download))
             outcome = {
                 "category": cat, "metrics": result, "dir": str(folder),
                 "evaluation": json.loads((download / "eval" / "metrics.json").read_text()),
@@ -256,15 +247,35 @@ class Recorder(tune.Callback):
                 train_s=result.get("train_s") or 0.0,
                 images_per_s=result.get("images_per_s") or 0.0,
             )
-            self.tracker.finish_child(self.runs.get(cat), final, outcome["placement"], download)
-            model = storage_uri(f"{result[CHECKPOINT_PATH].rstrip('/')}/model.pt", storage)
-            (download / "model.pt").unlink()
-            (download / MODEL_POINTER).write_text(json.dumps({"model": model}, indent=1) + "\n")
+            pointer = download / MODEL_POINTER
+            tags = dict(outcome["placement"])
+            if pointer.is_file():  # reused: its model was logged by the run that trained it
+                tags["model_uri"] = json.loads(pointer.read_text())["model"]
+            logged = self.tracker.finish_child(
+                self.runs.get(cat), final, tags, download, _model_name(self.tags, loop, cat)
+            )  # fmt: skip
+            if logged:
+                text = json.dumps({"model": logged, "mlflow_run": self.runs.get(cat)}, indent=1)
+                write_to_storage(storage_uri(f"{stored}/{MODEL_POINTER}", storage), text, endpoint)
+                remove_from_storage(storage_uri(f"{stored}/model.pt", storage), endpoint)
+                pointer.write_text(text + "\n")
+            elif not pointer.is_file():
+                model = storage_uri(f"{stored}/model.pt", storage)
+                pointer.write_text(json.dumps({"model": model}, indent=1) + "\n")
+            (download / "model.pt").unlink(missing_ok=True)
             if folder.exists():
                 shutil.rmtree(folder)
             folder.parent.mkdir(parents=True, exist_ok=True)
             download.rename(folder)
         return outcome
+
+
+def _model_name(tags: dict, loop: dict, category: str) -> str:
+    """An MLflow model's name: the dataset, the category and the model's topology."""
+    from skrd4ad.config import Config
+
+    model = Config.from_dict(loop["train"], "the category's config").model
+    return "-".join((tags.get("dataset") or "data", category, model.backbone, model.skip))
 
 
 def _nan_if_none(value: float | None) -> float:

@@ -210,14 +210,8 @@ def checkpoint_at(path: str, storage_path: str, storage_endpoint: str | None) ->
     return Checkpoint(path, filesystem=fs)
 
 
-def write_to_storage(location: str, text: str, endpoint: str | None) -> None:
-    """Write a small file (a search's best.yaml) where the run's storage is: a local or
-    mounted path (atomically), or an s3:// URI, where a cluster user finds it."""
-    if "://" not in location:
-        from skrd4ad.atomic import atomic_write_text
-
-        atomic_write_text(Path(location), text)
-        return
+def _in_storage(location: str, endpoint: str | None) -> tuple[Any, str]:
+    """The pyarrow filesystem and path of an s3:// URI in the run storage."""
     import pyarrow.fs
 
     from .ray_train import storage_args
@@ -226,8 +220,38 @@ def write_to_storage(location: str, text: str, endpoint: str | None) -> None:
     fs, path = where.get("storage_filesystem"), where["storage_path"]
     if fs is None:
         fs, path = pyarrow.fs.FileSystem.from_uri(location)
+    return fs, path
+
+
+def write_to_storage(location: str, text: str, endpoint: str | None) -> None:
+    """Write a small file (a search's best.yaml) where the run's storage is: a local or
+    mounted path (atomically), or an s3:// URI, where a cluster user finds it."""
+    if "://" not in location:
+        from skrd4ad.atomic import atomic_write_text
+
+        atomic_write_text(Path(location), text)
+        return
+    fs, path = _in_storage(location, endpoint)
     with fs.open_output_stream(path) as f:
         f.write(text.encode())
+
+
+def open_in_storage(location: str, endpoint: str | None) -> Any:
+    """A file in the run storage (a local or mounted path, or an s3:// URI), opened for
+    reading; FileNotFoundError when it is not there."""
+    if "://" not in location:
+        return open(location, "rb")  # noqa: SIM115 - the caller's with-block closes it
+    fs, path = _in_storage(location, endpoint)
+    return fs.open_input_stream(path)
+
+
+def remove_from_storage(location: str, endpoint: str | None) -> None:
+    """Delete a file in the run storage (a local or mounted path, or an s3:// URI)."""
+    if "://" not in location:
+        Path(location).unlink(missing_ok=True)
+        return
+    fs, path = _in_storage(location, endpoint)
+    fs.delete_file(path)
 
 
 def root_cause(exc: BaseException) -> str:

@@ -106,7 +106,7 @@ def _train_in(work: Path, config: dict[str, Any], threads: int) -> None:
                 shutil.copy(Path(d) / "last.pt", work / "last.pt")
                 cfg = cfg.with_values({"train.resume": True})
                 start_epoch = int(read_checkpoint(work / "last.pt")["epoch"])
-    result = fit(cfg, callbacks=[RayReport(work, config.get("fault") or {})])
+    result = fit(cfg, callbacks=[RayReport(work)])
     if ray.train.get_context().get_world_rank() != 0:
         # Only rank 0 holds model.pt; every worker must report the same number of times.
         ray.train.report({"final": 1.0})
@@ -120,8 +120,8 @@ class RayReport(Callback):
     """Each epoch's metrics to ``ray.train.report``, with last.pt as a Ray checkpoint
     when one was written that epoch (on rank 0), so a restarted worker resumes there."""
 
-    def __init__(self, work: Path, fault: dict[str, Any]) -> None:
-        self.work, self.fault = work, fault
+    def __init__(self, work: Path) -> None:
+        self.work = work
         self.checkpoint: Path | None = None
 
     def on_checkpoint(self, path: Path, epoch: int) -> None:
@@ -139,7 +139,6 @@ class RayReport(Callback):
         with temporary_dir(self.work, ".report-") as d:
             link(path, d / "last.pt")
             ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(str(d)))
-        _maybe_crash(self.fault, int(metrics["epoch"]))
 
 
 def _report_finished(folder: Path) -> None:
@@ -230,19 +229,6 @@ def _set_torch_threads(wanted: int | None) -> int:
     if wanted and os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
         torch.set_num_threads(max(1, min(int(wanted), len(os.sched_getaffinity(0)))))
     return torch.get_num_threads()
-
-
-def _maybe_crash(fault: dict[str, Any], epoch: int) -> None:
-    """Fault injection for the recovery test: the worker process dies hard (as an OOM kill
-    would) once, after the checkpoint of epoch ``fault['after_epoch']`` was reported.
-    ``fault['marker']`` is a file that makes it happen only once."""
-    if not fault or epoch != int(fault["after_epoch"]):
-        return
-    marker = Path(fault["marker"])
-    if marker.exists():
-        return
-    marker.write_text(f"worker killed after epoch {epoch}\n")
-    os._exit(1)
 
 
 def storage_args(path: str, endpoint: str | None) -> dict[str, Any]:

@@ -26,6 +26,11 @@ def _chunks(items: list, size: int) -> list[list]:
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
+def tracking_uri(configured: str | None) -> str:
+    """The tracking server: MLFLOW_TRACKING_URI, else params.yaml's mlflow.tracking_uri."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
+
+
 def quiet_mlflow(verbose: bool) -> None:
     """MLflow's INFO lines (creating tables, experiments) and SQLAlchemy's deprecation
     warnings from inside MLflow's store only with ``verbose``; MLflow's real warnings
@@ -65,6 +70,63 @@ def _requirements() -> list[str]:
     return out
 
 
+# The checkpoint's parts an MLflow model holds as weights (the rest, JSON, beside them).
+WEIGHTS = ("teacher", "bottleneck", "decoder", "optimizer")
+CHECKPOINT_FILE = "skrd4ad_checkpoint.json"
+
+
+def _log_model(mlflow: Any, checkpoint: Path, name: str) -> str:
+    """An skrd4ad checkpoint as an MLflow pytorch model in the active run: the module
+    (uint8 images in, anomaly maps and scores out) and, beside it, everything else the
+    checkpoint holds; returns the model's URI."""
+    import tempfile
+
+    import mlflow.pytorch
+
+    from skrd4ad.checkpoint import load_model
+    from skrd4ad.inference import AnomalyDetector
+
+    model, state = load_model(checkpoint)
+    rest = {k: v for k, v in state.items() if k not in WEIGHTS}
+    detector = AnomalyDetector(model, rest["config"]["train"]["image_size"]).eval()
+    # Pickle is chosen knowingly (see below): MLflow's warning about it is not for the
+    # user of a benchmark.
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / CHECKPOINT_FILE).write_text(json.dumps(rest))
+        # pickle, not pt2: torch.export would need a fixed batch size. Naming the
+        # requirements skips MLflow's inference of them (seconds per model). Loading it
+        # needs skrd4ad importable (code_paths would copy the package, but MLflow then
+        # re-imports skrd4ad from the copy inside the process).
+        info = mlflow.pytorch.log_model(
+            detector,
+            name=name,
+            serialization_format="pickle",
+            pip_requirements=_requirements(),
+            extra_files=[str(Path(tmp) / CHECKPOINT_FILE)],
+        )
+    return info.model_uri
+
+
+def checkpoint_from_model(model_uri: str, out: Path) -> Path:
+    """model.pt again (an skrd4ad checkpoint for evaluate, predict and export) from an
+    MLflow model that :meth:`Tracker.finish_child` logged: the same weights and state."""
+    import tempfile
+
+    import mlflow.artifacts
+    import mlflow.pytorch
+
+    from skrd4ad.checkpoint import save_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        detector = mlflow.pytorch.load_model(str(local), map_location="cpu")
+        rest = json.loads((local / "extra_files" / CHECKPOINT_FILE).read_text())
+    kept = {k: v for k, v in rest.items() if k not in ("format", "version", "backbone", "skip")}
+    save_checkpoint(Path(out), detector.model, **kept)
+    return Path(out)
+
+
 def _metrics(values: dict[str, Any], step: int) -> list:
     """MLflow Metric entities of one report, stamped now: the UI's wall-time axis is real."""
     from mlflow.entities import Metric
@@ -77,12 +139,12 @@ class Tracker:
     """Thin wrapper over mlflow; every call is a no-op after the first failure."""
 
     def __init__(
-        self, experiment: str, tracking_uri: str | None = None, artifact_location: str | None = None
+        self, experiment: str, configured: str | None = None, artifact_location: str | None = None
     ) -> None:
         self.ok = True
         self.parent = None
         self.experiment = experiment
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or DEFAULT_URI
+        uri = tracking_uri(configured)
         try:
             if uri.startswith(("http://", "https://")):
                 # MLflow's client retries an unreachable server for minutes; ask once first.
@@ -162,12 +224,17 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001
             self.fail(exc)
 
-    def finish_child(self, run_id: Any, final: dict[str, float], tags: dict, folder: Path) -> None:
+    def finish_child(
+        self, run_id: Any, final: dict[str, float], tags: dict, folder: Path, name: str = "model"
+    ) -> str | None:
         """A category's final metrics (their own keys, at the last step), its evaluation
-        folder and its model (``folder/model.pt``, logged as an MLflow model, not again as
-        a file); the run ends FINISHED."""
+        folder and its model: ``folder/model.pt`` logged as an MLflow model named ``name``,
+        which is then the one stored copy of its weights (:func:`checkpoint_from_model`
+        gives model.pt back). The run ends FINISHED. Returns the model's URI, or None when
+        nothing was logged (tracking off or failed, or no model.pt: a reused category,
+        whose model was logged by the run that trained it)."""
         if not self.ok or run_id is None:
-            return
+            return None
         mlflow = self.mlflow
         try:
             client = mlflow.MlflowClient()
@@ -175,28 +242,14 @@ class Tracker:
                 client.set_tag(run_id, k, json.dumps(v) if isinstance(v, list | dict) else str(v))
             client.log_batch(run_id, metrics=_metrics(final, 0))
             client.log_artifacts(run_id, str(folder / "eval"), artifact_path="eval")
-            from skrd4ad.checkpoint import load_model
-
-            model, _ = load_model(folder / "model.pt")
-            import mlflow.pytorch
-
-            # Pickle is chosen knowingly (see below): MLflow's warning about it is not for
-            # the user of a benchmark.
-            logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+            if not (folder / "model.pt").is_file():
+                client.set_terminated(run_id)
+                return None
             with mlflow.start_run(run_id=run_id, nested=True):
-                # pickle, not pt2: the model returns feature lists, which torch.export
-                # would need an input example and a fixed batch size for. Naming the
-                # requirements skips MLflow's inference of them (seconds per model).
-                # Loading it needs skrd4ad importable (code_paths would copy the package,
-                # but MLflow then re-imports skrd4ad from the copy inside the process).
-                mlflow.pytorch.log_model(
-                    model,
-                    name="model",
-                    serialization_format="pickle",
-                    pip_requirements=_requirements(),
-                )
+                return _log_model(mlflow, folder / "model.pt", name)
         except Exception as exc:  # noqa: BLE001
             self.fail(exc)
+            return None
 
     def fail_child(self, run_id: Any, error: str) -> None:
         """A category that failed: its error as a tag, the run ends FAILED."""

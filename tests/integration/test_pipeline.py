@@ -86,11 +86,15 @@ def test_dvc_repro_writes_metrics_plots_and_report(project):
     for cat in ("brick", "gravel"):
         m = metrics["categories"][cat]
         assert all(0 <= m[k] <= 1 for k in METRIC_KEYS)
-        # The final weights are stored once, in the run storage; the results name them.
+        # The final weights are stored once, as the MLflow model the results name; the
+        # run storage keeps the same pointer instead of model.pt.
         assert not (root / "results" / "benchmark" / cat / "model.pt").exists()
         model = json.loads((root / "results" / "benchmark" / cat / "model.json").read_text())
-        assert Path(model["model"]).is_file()
-        assert Path(model["model"]).is_relative_to(root / "results" / "ray")
+        assert model["model"].startswith("models:/")
+        storage = root / "results" / "ray"
+        (stored,) = storage.glob(f"{cat}-*/checkpoint_*/final_metrics.json")
+        assert json.loads((stored.parent / "model.json").read_text()) == model
+        assert not list(storage.glob(f"{cat}-*/**/model.pt"))
         assert (root / "results" / "benchmark" / cat / "eval" / "metrics.json").is_file()
         # 2 CPUs over 2 categories: a share of 1 CPU, so threads_per_worker auto = 2
         assert m["torch_threads"] == min(2, len(os.sched_getaffinity(0)))
@@ -152,13 +156,33 @@ def test_mlflow_parent_and_nested_runs(project, tmp_path):
     assert {f"mean_{k}" for k in METRIC_KEYS} <= set(parents[0].data.metrics)
     import torch
 
-    # dst_path: MLflow otherwise downloads into a fresh /tmp folder it never removes.
-    model = mlflow.pytorch.load_model(
-        f"runs:/{children[0].info.run_id}/model", dst_path=str(tmp_path / "download")
-    )
-    with torch.no_grad():
-        teacher, student = model(torch.randn(1, 3, 64, 64))
-    assert len(student) == 3
+    from skrd4ad.evaluate import evaluate
+
+    for c in children:  # each category's model: named, loadable, and model.pt once more
+        cat = c.data.tags["category"]
+        uri = json.loads((root / "results" / "benchmark" / cat / "model.json").read_text())
+        assert c.data.tags["mlflow.parentRunId"] and uri["mlflow_run"] == c.info.run_id
+        # dst_path: MLflow otherwise downloads into a fresh /tmp folder it never removes.
+        (tmp_path / cat).mkdir()
+        detector = mlflow.pytorch.load_model(uri["model"], dst_path=str(tmp_path / cat))
+        assert mlflow.get_logged_model(uri["model"].split("/")[-1]).name == (
+            f"default-{cat}-resnet18-sk"
+        )
+        with torch.no_grad():
+            maps, scores = detector(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))
+        assert maps.shape == (2, 64, 64) and scores.shape == (2,)
+        # The checkpoint rebuilt from it evaluates to the metrics recorded at training.
+        rebuilt = tmp_path / f"{cat}.pt"
+        command = [sys.executable, "-m", "pipelines.model_file", f"results/benchmark/{cat}"]
+        sh([*command, "--out", str(rebuilt)], root, env)
+        again = evaluate(rebuilt, root / "prepared" / "default", cat, tmp_path / f"{cat}-eval")
+        recorded = json.loads(
+            (root / "results" / "benchmark" / cat / "eval" / "metrics.json").read_text()
+        )
+        # (torch's thread count may differ from the worker's: float sums, not the model)
+        assert {k: again[k] for k in METRIC_KEYS} == pytest.approx(
+            {k: recorded[k] for k in METRIC_KEYS}, rel=1e-6
+        )
 
 
 def _stage_command(tmp_path: Path, project, categories, **settings) -> list[str]:
@@ -221,7 +245,7 @@ def _checkpoints(storage: Path, runs: set[str]) -> dict[str, str]:
         kinds = {
             "final" if (c / "final_metrics.json").is_file() else "epoch"
             for c in run.glob("checkpoint_*")
-            if (c / "last.pt").is_file() or (c / "model.pt").is_file()
+            if any((c / name).is_file() for name in ("last.pt", "model.pt", "model.json"))
         }
         if kinds:
             seen[run.name] = "final" if "final" in kinds else "epoch"
@@ -240,7 +264,7 @@ def test_a_killed_driver_reruns_into_the_same_runs(project, tmp_path):
     # 2 CPUs per worker on the 2-CPU Ray: the categories train one after the other.
     stage = _stage_command(tmp_path, project, ["brick", "gravel"],
                            resources={"cpus_per_worker": 2, "max_failures": 0},
-                           train={"epochs": 12, "seed": 21})  # fmt: skip
+                           train={"epochs": 5, "seed": 21})  # fmt: skip
     proc = subprocess.Popen(stage, cwd=root, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     deadline, state = time.monotonic() + 600, {}
@@ -267,7 +291,7 @@ def test_a_killed_driver_reruns_into_the_same_runs(project, tmp_path):
     assert metrics[finished]["reused"] is True
     assert metrics[unfinished]["reused"] is False
     assert metrics[unfinished]["resumed_from_epoch"] >= 1  # from a checkpoint, not epoch 0
-    assert [h["epoch"] for h in history] == list(range(1, 13))
+    assert [h["epoch"] for h in history] == list(range(1, 6))
 
 
 def test_a_run_name_follows_every_setting_that_changes_a_result():
@@ -303,26 +327,6 @@ def test_unreachable_mlflow_warns_and_keeps_going(tmp_path, monkeypatch):
     tracker.finish_child(run, {}, {}, tmp_path)
     tracker.fail_child(run, "error")
     tracker.finish({}, tmp_path / "metrics.json")  # no-ops, no exception
-
-
-def test_killed_worker_resumes_from_its_checkpoint(project, tmp_path):
-    marker = tmp_path / "killed"
-    history_file = "results/benchmark/gravel/train_history.json"
-    _, metrics, files = rerun_benchmark(
-        project,
-        tmp_path,
-        ["gravel"],
-        resources={"max_failures": 1},
-        train={"epochs": 3},
-        extra_env={"SKRD4AD_FAULT_AFTER_EPOCH": "2", "SKRD4AD_FAULT_MARKER": str(marker)},
-        read=[history_file],
-    )
-    assert marker.read_text().startswith("worker killed after epoch 2")
-    assert metrics["failed"] == {}
-    # Not from epoch 0: from the newest checkpoint Ray had registered when the worker died
-    # (the one reported just before the crash may still have been in flight).
-    assert metrics["categories"]["gravel"]["resumed_from_epoch"] in (1, 2)
-    assert [h["epoch"] for h in files[history_file]] == [1, 2, 3]
 
 
 def test_two_worker_ddp_matches_single_worker_in_expectation(small_dataset, tmp_path):

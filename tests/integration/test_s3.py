@@ -3,6 +3,7 @@ pulls the dataset byte for byte, and MLflow stores its artifacts in the same buc
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -95,7 +96,7 @@ def test_mlflow_artifacts_land_in_the_bucket(s3, tmp_path, monkeypatch, small_da
     run_id = tracker.start_child("brick", {"train": {"epochs": 1}}, {"dataset": "default"})
     for epoch_metrics in result.history:
         tracker.log_epoch(run_id, epoch_metrics)
-    tracker.finish_child(run_id, {"aupro": 0.5}, {"host": "here"}, tmp_path / "run")
+    uri = tracker.finish_child(run_id, {"aupro": 0.5}, {"host": "here"}, tmp_path / "run", "m")
     (tmp_path / "metrics.json").write_text('{"mean": {"aupro": 0.5}}')
     tracker.finish({"mean_aupro": 0.5}, tmp_path / "metrics.json")
     assert tracker.ok
@@ -104,3 +105,19 @@ def test_mlflow_artifacts_land_in_the_bucket(s3, tmp_path, monkeypatch, small_da
     assert any(k.endswith("MLmodel") for k in keys)  # the logged model, in the bucket
     assert not any(k.endswith("model.pt") for k in keys)  # not again as a file
     assert any(k.endswith("/metrics.json") and "eval" not in k for k in keys)
+    # The logged model is the one copy of the weights: model.pt comes back from it whole.
+    import torch
+
+    from pipelines.tracking import checkpoint_from_model
+    from skrd4ad.checkpoint import read_checkpoint
+
+    original = read_checkpoint(result.model_path)
+    rebuilt = read_checkpoint(checkpoint_from_model(uri, tmp_path / "again.pt"))
+    assert set(rebuilt) == set(original) - {"optimizer"} and "optimizer" not in original
+    for part in ("teacher", "bottleneck", "decoder"):
+        assert rebuilt[part].keys() == original[part].keys()
+        assert all(torch.equal(rebuilt[part][k], original[part][k]) for k in original[part])
+    rest = [k for k in original if k not in ("teacher", "bottleneck", "decoder")]
+    assert json.dumps({k: rebuilt[k] for k in rest}, sort_keys=True) == json.dumps(
+        {k: original[k] for k in rest}, sort_keys=True
+    )
