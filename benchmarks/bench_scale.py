@@ -163,7 +163,10 @@ def repro(proj: Path, env: dict, *, kill_when=None) -> dict:
         if kill_when is not None and kill_when():
             family = [sampler.root, *sampler.root.children(recursive=True)]
             for p in family:
-                p.kill()
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:  # it ended between the listing and the kill
+                    pass
             psutil.wait_procs(family, timeout=60)
             killed = True
             break
