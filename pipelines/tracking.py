@@ -24,6 +24,8 @@ def _chunks(items: list, size: int) -> list[list]:
 
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+# MLflow's experiment tag for what an experiment holds, and its value for model training.
+EXPERIMENT_KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def tracking_uri(configured: str | None) -> str:
@@ -158,6 +160,9 @@ class Tracker:
             if artifact_location and mlflow.get_experiment_by_name(experiment) is None:
                 mlflow.create_experiment(experiment, artifact_location=artifact_location)
             mlflow.set_experiment(experiment)
+            # The UI opens an experiment of this kind on its training runs (not on GenAI
+            # traces, MLflow 3's view of an experiment with no kind).
+            mlflow.set_experiment_tag(EXPERIMENT_KIND, TRAINING)
         except Exception as exc:  # noqa: BLE001 - any tracking failure degrades the same way
             self.fail(exc)
 

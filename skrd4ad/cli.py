@@ -31,8 +31,7 @@ class Commands:
         self.actions: dict[str, dict[str, argparse.Action]] = {}
 
     def add(self, name: str, help_: str) -> argparse.ArgumentParser:
-        fmt = argparse.ArgumentDefaultsHelpFormatter
-        p = self.sub.add_parser(name, help=help_, description=help_, formatter_class=fmt)
+        p = self.sub.add_parser(name, help=help_, description=help_)
         p.add_argument(
             "--config", metavar="FILE.yaml", help="YAML file of settings (see --help of each)"
         )
@@ -40,6 +39,13 @@ class Commands:
         return p
 
     def flag(self, name: str, *flags: str, **kw: Any) -> argparse.Action:
+        """A flag of command ``name``; its help names its default once (none for a switch
+        or a flag without one)."""
+        default, text = kw.get("default"), kw.get("help", "")
+        switch_or_none = any(default is x for x in (None, False, argparse.SUPPRESS))
+        if not switch_or_none and "default" not in text:
+            shown = " ".join(map(str, default)) if isinstance(default, list) else default
+            kw["help"] = f"{text} (default: {shown})"
         action = self.parsers[name].add_argument(*flags, **kw)
         self.actions[name][action.dest] = action
         return action
@@ -270,12 +276,30 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         result = fit(cfg)
     except KeyboardInterrupt:
         raise Interrupted(_how_to_continue(Path(cfg.train.out), args.argv)) from None
+    print(_train_summary(cfg, result), file=sys.stderr)
     return {
         "model": str(result.model_path),
         "epochs": result.epochs_run,
         "threshold": result.threshold,
         "val": result.val_metrics,
     }
+
+
+def _train_summary(cfg: Any, result: Any) -> str:
+    """What a person reads at the end of train: the final loss, the time, where the model
+    is, and the command that evaluates it."""
+    seconds = sum(h.get("epoch_s", 0.0) for h in result.history)
+    loss = f", final loss {result.history[-1]['loss']:.4f}" if result.history else ""
+    evaluate = ["skrd4ad", "evaluate", "--checkpoint", str(result.model_path),
+                "--data", cfg.data.root]  # fmt: skip
+    if cfg.data.category:
+        evaluate += ["--category", cfg.data.category]
+    evaluate += ["--out", str(Path(cfg.train.out) / "eval")]
+    return (
+        f"skrd4ad: trained {len(result.history)} epoch{'' if len(result.history) == 1 else 's'} "
+        f"in {seconds:.1f} s{loss}; "
+        f"model: {result.model_path}\nskrd4ad: evaluate it: {shlex.join(evaluate)}"
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:

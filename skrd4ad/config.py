@@ -140,7 +140,9 @@ class TrainSettings:
         False, "resume from OUT/last.pt; changed settings apply from there on and are recorded"
     )
     overwrite: bool = setting(False, "replace the training run already in OUT")
-    progress: bool = setting(True, "progress bar and per-epoch lines")
+    progress: bool = setting(
+        True, "a progress bar, on a terminal only (the per-epoch lines are always printed)"
+    )
 
 
 SECTIONS: dict[str, type] = {

@@ -40,18 +40,23 @@ def add_setting_flags(
         s = SETTINGS[name]
         default = defaults.get(name, s.default)
         kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
-        kw["help"] = f"{s.help} (default: {default}; YAML: {name})"
         kind = _kind(s)
+        if kind is bool:  # the switch that is on by default
+            default = s.flag if default else "--no-" + s.flag[2:]
+        shown = "" if default is None else f"default: {default}; "
+        kw["help"] = f"{s.help} ({shown}YAML: {name})"
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is tuple:
-            kw.update(nargs=len(typing.get_args(kind)), type=float)
+            n = len(typing.get_args(kind))
+            names = tuple(f"{s.field.name[:-1].upper()}{i + 1}" for i in range(n))
+            kw.update(nargs=n, type=float, metavar=names)
         elif kind in (int, float):
             kw["type"] = kind
         if s.choices is not None:
             kw["choices"] = s.choices
         elif kind is not bool:
-            kw["metavar"] = s.field.name.upper()
+            kw.setdefault("metavar", s.field.name.upper())
         parser.add_argument(s.flag, **kw)
 
 

@@ -9,6 +9,7 @@ module importing them.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -159,8 +160,10 @@ class Trainer:
         self.cache = None
 
     def log(self, line: str) -> None:
-        if self.cfg.train.progress:
-            tqdm.write(line)
+        """A line on stderr, for a terminal and a log file alike (tqdm keeps its bar);
+        one process of a data-parallel run writes it."""
+        if self.runtime.is_rank_zero:
+            tqdm.write(line, file=sys.stderr)
 
     def fit(self) -> TrainResult:
         if self.cfg.train.resume:
@@ -199,14 +202,16 @@ class Trainer:
         sums = torch.zeros(len(LOSS_TERMS), dtype=torch.float64, device=rt.device)
         t0, seen = time.perf_counter(), len(order)
         bounds = batch_bounds(seen, max(1, cfg.batch_size // rt.world))
-        bar = tqdm(bounds, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
-                   leave=False)  # fmt: skip
+        # disable=None: no bar when stderr is no terminal, where its \r frames would
+        # litter a log; the epoch's line is printed either way.
+        bar = tqdm(bounds, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=None if cfg.progress else True, leave=False)  # fmt: skip
         for step, (start, stop) in enumerate(bar):
             idx = order[start:stop]
             loss, terms = self.step(idx, flips)
             values = torch.stack([loss, *(terms[k] for k in LOSS_TERMS[1:])])
             sums += values.detach().double() * len(idx)
-            if cfg.progress and (step % 10 == 0 or stop >= seen):
+            if not bar.disable and (step % 10 == 0 or stop >= seen):
                 done = start + len(idx)
                 bar.set_postfix(loss=f"{float(sums[0]) / done:.4f}",
                                 img_s=f"{done / (time.perf_counter() - t0):.1f}")  # fmt: skip

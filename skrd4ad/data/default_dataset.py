@@ -15,14 +15,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from skimage import data as skdata
 
 from ..atomic import atomic_write_bytes
-from .synthetic import DEFECTS, add_defect
 
 # Real photographs bundled with scikit-image (no download needed).
-TEXTURES = {"brick": skdata.brick, "grass": skdata.grass, "gravel": skdata.gravel}
-DEFAULT_CATEGORIES = tuple(TEXTURES)
+TEXTURES = ("brick", "grass", "gravel")  # skimage.data's loaders of the same names
+DEFAULT_CATEGORIES = TEXTURES
 README = """This folder was written by `skrd4ad make-dataset`: crops of scikit-image's bundled
 texture photographs ({cats}) with synthetic defects ({defects}) and their masks, in
 MVTec AD layout. Arguments: {args}. See manifest.json for the SHA-256 of every file.
@@ -48,6 +46,12 @@ class MakeSettings:
     def __post_init__(self) -> None:
         if not 16 <= self.crop_size <= 512:
             raise ValueError(f"--crop-size must be between 16 and 512, got {self.crop_size}")
+
+
+def _texture(name: str) -> np.ndarray:
+    from skimage import data as skdata
+
+    return getattr(skdata, name)()
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
@@ -79,6 +83,8 @@ def make_default_dataset(
     if unknown:
         raise ValueError(f"unknown categories {unknown}; choose from {', '.join(TEXTURES)}")
     settings = MakeSettings(**sizes)
+    from .synthetic import DEFECTS  # scipy and scikit-image: not for the CLI's --help
+
     files = _images(categories, settings)
     manifest = {name: hashlib.sha256(blob).hexdigest() for name, blob in sorted(files.items())}
     args = {"categories": list(categories), **dataclasses.asdict(settings)}
@@ -96,9 +102,11 @@ def make_default_dataset(
 
 
 def _images(categories: tuple[str, ...], m: MakeSettings) -> dict[str, bytes]:
+    from .synthetic import DEFECTS, add_defect
+
     files: dict[str, bytes] = {}
     for ci, cat in enumerate(categories):
-        texture = TEXTURES[cat]()
+        texture = _texture(cat)
         rng = np.random.default_rng([m.seed, ci])
 
         def crop(rng: np.random.Generator = rng, texture: np.ndarray = texture) -> np.ndarray:

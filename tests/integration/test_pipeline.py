@@ -139,6 +139,9 @@ def test_mlflow_parent_and_nested_runs(project, tmp_path):
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    # The UI opens the experiment on its training runs, not MLflow 3's GenAI view.
+    experiment = mlflow.get_experiment_by_name("skrd4ad-benchmark")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = mlflow.search_runs(experiment_names=["skrd4ad-benchmark"], output_format="list")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]

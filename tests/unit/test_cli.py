@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import subprocess
 import sys
@@ -77,12 +78,26 @@ def test_help_explains_every_flag(capsys):
         "--config",
     ):
         assert flag in out
-    for cmd in ("make-dataset", "evaluate", "predict", "prepare-visa", "demo"):
+    _one_default_per_flag(out)
+    for cmd in ("make-dataset", "evaluate", "predict", "prepare-visa", "export", "demo"):
         with pytest.raises(SystemExit) as exit_:
             main([cmd, "--help"])
-        assert exit_.value.code == 0 and "--config" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert exit_.value.code == 0 and "--config" in out
+        _one_default_per_flag(out)
     done = subprocess.run([sys.executable, "-m", "skrd4ad.cli", "evaluate"], capture_output=True)
     assert done.returncode == 2 and b"--checkpoint" in done.stderr
+
+
+def _one_default_per_flag(help_text: str) -> None:
+    """Each flag's help names its default at most once, and never a default of None;
+    switches are ``--x/--no-x`` or a bare ``--x``, never ``--x X``."""
+    options = help_text.split("options:", 1)[1]
+    blocks = re.split(r"\n  (?=-)", options)
+    for block in blocks:
+        assert block.count("(default:") <= 1, block
+        assert "(default: None" not in block and "(default: False" not in block, block
+    assert not re.search(r"--(channels-last|compile|progress|resume) [A-Z]", help_text)
 
 
 def test_config_file_mirrors_flags(small_dataset, tmp_path, capsys):
@@ -94,6 +109,15 @@ def test_config_file_mirrors_flags(small_dataset, tmp_path, capsys):
         " val_fraction: 0, progress: false}\n"
     )
     assert main(["train", "--config", str(cfg), "--alpha", "0.5"]) == 0
+    # progress: false drops the bar, not the epoch's line; train ends with its summary.
+    err = capsys.readouterr().err
+    assert "\r" not in err and "epoch 1/1 loss " in err
+    model = tmp_path / "run" / "model.pt"
+    assert "skrd4ad: trained 1 epoch in " in err and f"model: {model}" in err
+    assert (
+        f"skrd4ad: evaluate it: skrd4ad evaluate --checkpoint {model} --data {small_dataset} "
+        f"--category grass --out {tmp_path / 'run' / 'eval'}"
+    ) in err
     from skrd4ad.checkpoint import read_checkpoint
 
     conf = read_checkpoint(tmp_path / "run" / "model.pt")["config"]

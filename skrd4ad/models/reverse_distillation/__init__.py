@@ -3,35 +3,33 @@
 As in anomalib's model folders: the torch model (:mod:`.torch_model`), its loss
 (:mod:`.loss`), anomaly map (:mod:`.anomaly_map`), the training hooks (:mod:`.hooks`)
 and the components (teacher, bottleneck, decoder, skip, BatchNorm folding), side by side.
+
+Names are imported from their modules on first use (PEP 562), so that the tables the CLI
+needs (backbones, skip topologies) come without importing torch.
 """
 
-from .anomaly_map import anomaly_map, gaussian_blur, image_score
-from .backbones import BACKBONES, Backbone
-from .components.bottleneck import OCBE
-from .components.decoder import Decoder
-from .components.skip import SKIP_TOPOLOGIES, resolve_skip
-from .components.teacher import Teacher, TeacherWeightsError, build_teacher, imagenet_cache_file
-from .loss import SKRD4ADLoss
-from .published_weights import load_published_state
-from .torch_model import SKRD4AD, Student, build_model
+from __future__ import annotations
 
-__all__ = [
-    "BACKBONES",
-    "OCBE",
-    "SKIP_TOPOLOGIES",
-    "SKRD4AD",
-    "Backbone",
-    "Decoder",
-    "SKRD4ADLoss",
-    "Student",
-    "Teacher",
-    "TeacherWeightsError",
-    "anomaly_map",
-    "build_model",
-    "build_teacher",
-    "gaussian_blur",
-    "image_score",
-    "imagenet_cache_file",
-    "load_published_state",
-    "resolve_skip",
-]
+import importlib
+from typing import Any
+
+_MODULES = {
+    ".anomaly_map": ("anomaly_map", "gaussian_blur", "image_score"),
+    ".backbones": ("BACKBONES", "Backbone"),
+    ".components.bottleneck": ("OCBE",),
+    ".components.decoder": ("Decoder",),
+    ".components.skip": ("SKIP_TOPOLOGIES", "resolve_skip"),
+    ".components.teacher": ("Teacher", "TeacherWeightsError", "build_teacher",
+                            "imagenet_cache_file"),
+    ".loss": ("SKRD4ADLoss",),
+    ".published_weights": ("load_published_state",),
+    ".torch_model": ("SKRD4AD", "Student", "build_model"),
+}  # fmt: skip
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
