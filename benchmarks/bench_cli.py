@@ -39,7 +39,7 @@ def main() -> None:
     for _ in range(args.rounds):  # alternated, so that each case sees the same load
         for name, cmd in CASES.items():
             times[name].append(wall(cmd))
-    figures = {name: {"median_s": statistics.median(t), "max_s": max(t)} for name, t in times.items()}
+    figures = {n: {"median_s": statistics.median(t), "max_s": max(t)} for n, t in times.items()}
     write_result("cli", figures)
 
 

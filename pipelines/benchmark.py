@@ -30,7 +30,7 @@ from ray import tune
 import skrd4ad
 from skrd4ad.atomic import atomic_write_text
 from skrd4ad.errors import UserError
-from skrd4ad.results import METRIC_KEYS, json_text
+from skrd4ad.results import METRIC_KEYS, MODEL, json_text
 
 from .orchestrate import (
     CHECKPOINT_PATH,
@@ -242,27 +242,27 @@ class Recorder(tune.Callback):
                 "history": json.loads((download / "train_history.json").read_text()),
                 "placement": json.loads((download / PLACEMENT).read_text()),
             }  # fmt: skip
+            # The test metrics and the training time: keys of their own, at the last epoch
+            # (images/s and the losses are per-epoch series already).
             final = {k: _nan_if_none(outcome["evaluation"][k]) for k in METRIC_KEYS}
-            final.update(
-                train_s=result.get("train_s") or 0.0,
-                images_per_s=result.get("images_per_s") or 0.0,
-            )
+            final["train_s"] = result.get("train_s") or 0.0
             pointer = download / MODEL_POINTER
             tags = dict(outcome["placement"])
             if pointer.is_file():  # reused: its model was logged by the run that trained it
                 tags["model_uri"] = json.loads(pointer.read_text())["model"]
             logged = self.tracker.finish_child(
-                self.runs.get(cat), final, tags, download, _model_name(self.tags, loop, cat)
+                self.runs.get(cat), final, tags, download, _model_name(self.tags, loop, cat),
+                step=len(outcome["history"]),
             )  # fmt: skip
             if logged:
                 text = json.dumps({"model": logged, "mlflow_run": self.runs.get(cat)}, indent=1)
                 write_to_storage(storage_uri(f"{stored}/{MODEL_POINTER}", storage), text, endpoint)
-                remove_from_storage(storage_uri(f"{stored}/model.pt", storage), endpoint)
+                remove_from_storage(storage_uri(f"{stored}/{MODEL}", storage), endpoint)
                 pointer.write_text(text + "\n")
             elif not pointer.is_file():
-                model = storage_uri(f"{stored}/model.pt", storage)
+                model = storage_uri(f"{stored}/{MODEL}", storage)
                 pointer.write_text(json.dumps({"model": model}, indent=1) + "\n")
-            (download / "model.pt").unlink(missing_ok=True)
+            (download / MODEL).unlink(missing_ok=True)
             if folder.exists():
                 shutil.rmtree(folder)
             folder.parent.mkdir(parents=True, exist_ok=True)

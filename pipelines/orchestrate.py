@@ -139,9 +139,27 @@ def drive(
         ),
     )
     try:
-        trainer.fit()
+        result = trainer.fit()
     except Exception as exc:  # noqa: BLE001 - reported as the trial's outcome
         tune.report({ERROR: root_cause(exc)})
+        return
+    drop_epoch_checkpoints(result)
+
+
+def drop_epoch_checkpoints(result: Any) -> None:
+    """A finished run's epoch checkpoints (folders of its run storage holding last.pt) go:
+    its final checkpoint holds all it is read for. Ray removed those it had registered
+    (num_to_keep); this removes one a lost driver left uploaded but never registered."""
+    import pyarrow.fs
+
+    from skrd4ad.results import LAST
+
+    fs = result.filesystem
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(result.path)):
+        if info.type != pyarrow.fs.FileType.Directory:
+            continue
+        if fs.get_file_info(f"{info.path}/{LAST}").type == pyarrow.fs.FileType.File:
+            fs.delete_dir(info.path)
 
 
 def run_trials(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from skrd4ad.callbacks import Callback
-from skrd4ad.results import METRIC_KEYS
+from skrd4ad.results import LAST, METRIC_KEYS, MODEL
 
 from .data_source import locate
 
@@ -102,10 +102,10 @@ def _train_in(work: Path, config: dict[str, Any], threads: int) -> None:
             if (Path(d) / FINAL_METRICS).is_file():
                 _report_finished(Path(d))
                 return
-            if (Path(d) / "last.pt").is_file():
-                shutil.copy(Path(d) / "last.pt", work / "last.pt")
+            if (Path(d) / LAST).is_file():
+                shutil.copy(Path(d) / LAST, work / LAST)
                 cfg = cfg.with_values({"train.resume": True})
-                start_epoch = int(read_checkpoint(work / "last.pt")["epoch"])
+                start_epoch = int(read_checkpoint(work / LAST)["epoch"])
     result = fit(cfg, callbacks=[RayReport(work)])
     if ray.train.get_context().get_world_rank() != 0:
         # Only rank 0 holds model.pt; every worker must report the same number of times.
@@ -137,7 +137,7 @@ class RayReport(Callback):
             ray.train.report(scalars)
             return
         with temporary_dir(self.work, ".report-") as d:
-            link(path, d / "last.pt")
+            link(path, d / LAST)
             ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(str(d)))
 
 
@@ -175,7 +175,7 @@ def _report_final(
         curves=True,
     )
     with temporary_dir(work, ".final-") as d:
-        for name in ("model.pt", "train_history.json"):
+        for name in (MODEL, "train_history.json"):
             link(work / name, d / name)
         shutil.copytree(work / "eval", d / "eval", copy_function=link)
         metrics = {k: (math.nan if final[k] is None else final[k]) for k in METRIC_KEYS}

@@ -16,6 +16,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from skrd4ad.results import MODEL
+
 from .ray_train import scalar_metrics
 
 
@@ -230,14 +232,15 @@ class Tracker:
             self.fail(exc)
 
     def finish_child(
-        self, run_id: Any, final: dict[str, float], tags: dict, folder: Path, name: str = "model"
-    ) -> str | None:
-        """A category's final metrics (their own keys, at the last step), its evaluation
-        folder and its model: ``folder/model.pt`` logged as an MLflow model named ``name``,
-        which is then the one stored copy of its weights (:func:`checkpoint_from_model`
-        gives model.pt back). The run ends FINISHED. Returns the model's URI, or None when
-        nothing was logged (tracking off or failed, or no model.pt: a reused category,
-        whose model was logged by the run that trained it)."""
+        self, run_id: Any, final: dict[str, float], tags: dict, folder: Path,
+        name: str = "model", step: int = 0,
+    ) -> str | None:  # fmt: skip
+        """A category's final metrics (their own keys, at ``step``: its last epoch), its
+        evaluation folder and its model: ``folder/model.pt`` logged as an MLflow model
+        named ``name``, which is then the one stored copy of its weights
+        (:func:`checkpoint_from_model` gives model.pt back). The run ends FINISHED.
+        Returns the model's URI, or None when nothing was logged (tracking off or failed,
+        or no model.pt: a reused category, whose model the run that trained it logged)."""
         if not self.ok or run_id is None:
             return None
         mlflow = self.mlflow
@@ -245,13 +248,13 @@ class Tracker:
             client = mlflow.MlflowClient()
             for k, v in tags.items():
                 client.set_tag(run_id, k, json.dumps(v) if isinstance(v, list | dict) else str(v))
-            client.log_batch(run_id, metrics=_metrics(final, 0))
+            client.log_batch(run_id, metrics=_metrics(final, step))
             client.log_artifacts(run_id, str(folder / "eval"), artifact_path="eval")
-            if not (folder / "model.pt").is_file():
+            if not (folder / MODEL).is_file():
                 client.set_terminated(run_id)
                 return None
             with mlflow.start_run(run_id=run_id, nested=True):
-                return _log_model(mlflow, folder / "model.pt", name)
+                return _log_model(mlflow, folder / MODEL, name)
         except Exception as exc:  # noqa: BLE001
             self.fail(exc)
             return None

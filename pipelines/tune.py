@@ -41,7 +41,7 @@ import yaml
 from skrd4ad.atomic import atomic_write_text, make_dir, temporary_dir
 from skrd4ad.config import Config
 from skrd4ad.errors import UserError
-from skrd4ad.results import METRIC_KEYS
+from skrd4ad.results import LAST, METRIC_KEYS
 
 from .data_source import locate
 from .lockstep import Lockstep
@@ -64,9 +64,6 @@ from .ray_train import joins_cluster, link, scalar_metrics, start_ray, storage_a
 from .tracking import quiet_mlflow
 from .tune_space import SearchSpec, load_space, param_space, scheduler, search_algorithm
 from .validate import params_key, validated
-
-LAST = "last.pt"
-
 
 # --------------------------------------------------------------------------- trial side
 _OPEN_LOG: dict[str, Any] = {}

@@ -254,8 +254,9 @@ class Interrupted(Exception):
 
 def _how_to_continue(out: Path, argv: list[str]) -> str:
     from .checkpoint import read_checkpoint
+    from .results import LAST
 
-    last = out / "last.pt"
+    last = out / LAST
     if not last.is_file():
         return (
             f"interrupted before the first checkpoint; run again: {shlex.join(['skrd4ad', *argv])}"

@@ -73,7 +73,7 @@ def evaluate(
         "precision": predictor.precision,
         "notes": cat.notes,
     }
-    result.update(_figures(out, ts, maps.cpu(), scores.cpu(), overlays, curves))
+    result.update(_figures(out, ts, maps.cpu(), scores.cpu(), overlays, curves, metrics))
     atomic_write_text(out / "metrics.json", json_text(result))
     return result
 
@@ -96,9 +96,11 @@ def _score(predictor: Any, ts: TensorSet, timings: dict[str, float]) -> tuple:
 
 
 def _figures(
-    out: Path, ts: TensorSet, maps: torch.Tensor, scores: torch.Tensor, overlays: int, curves: bool
-) -> dict[str, Any]:
-    """Overlays of the ``overlays`` highest- and lowest-scoring images, and the curves."""
+    out: Path, ts: TensorSet, maps: torch.Tensor, scores: torch.Tensor, overlays: int,
+    curves: bool, metrics: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """Overlays of the ``overlays`` highest- and lowest-scoring images, and the curves
+    (titled with the image AUROC and AUPRO of ``metrics``)."""
     written: dict[str, Any] = {}
     if overlays:
         from .plots import write_overlays
@@ -112,5 +114,7 @@ def _figures(
 
         pro = pro_curve(maps, ts.masks) if ts.masks is not None else None
         labels = np.array(ts.labels.tolist())
-        written["curves"] = write_curves(out, scores.numpy(), labels, pro)
+        written["curves"] = write_curves(
+            out, scores.numpy(), labels, pro, metrics["image_auroc"], metrics["aupro"]
+        )
     return written

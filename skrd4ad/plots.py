@@ -64,16 +64,24 @@ def write_overlays(out: Path, ts, maps: torch.Tensor, scores: torch.Tensor, pick
     return written
 
 
+def _value(name: str, value: float | None) -> str:
+    return "" if value is None else f": {name} {value:.4f}"
+
+
 def write_curves(
-    out: Path, scores: np.ndarray, labels: np.ndarray, pro: tuple[np.ndarray, np.ndarray] | None
-) -> list[str]:
+    out: Path, scores: np.ndarray, labels: np.ndarray, pro: tuple[np.ndarray, np.ndarray] | None,
+    image_auroc: float | None = None, aupro: float | None = None,
+) -> list[str]:  # fmt: skip
+    """The image ROC curve and the PRO curve, their titles giving the image AUROC and the
+    AUPRO (FPR <= 0.3) that metrics.json records."""
     written = []
     if 0 < labels.sum() < len(labels):
         fpr, tpr, _ = roc_curve(labels, scores)
         fig, ax = plt.subplots(figsize=(4, 4))
         ax.plot(fpr, tpr)
         ax.plot([0, 1], [0, 1], "k:", lw=0.5)
-        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="image ROC")
+        title = f"image ROC{_value('AUROC', image_auroc)}"
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
         _save(fig, out / "roc_image.png")
         written.append(str(out / "roc_image.png"))
     if pro is not None and len(pro[0]):
@@ -81,7 +89,9 @@ def write_curves(
         ax.plot(pro[0], pro[1])
         ax.axvline(0.3, color="k", ls=":", lw=0.5)
         ax.set(
-            xlabel="false positive rate (pixels)", ylabel="per-region overlap", title="PRO curve"
+            xlabel="false positive rate (pixels)",
+            ylabel="per-region overlap",
+            title=f"PRO curve{_value('AUPRO (FPR <= 0.3)', aupro)}",
         )
         _save(fig, out / "pro_curve.png")
         written.append(str(out / "pro_curve.png"))

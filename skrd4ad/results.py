@@ -10,6 +10,9 @@ import json
 import math
 from typing import Any
 
+# The files a training run writes: the resume point, the best-validation model and the
+# final model.
+LAST, BEST, MODEL = "last.pt", "best.pt", "model.pt"
 # Accuracy metrics of a test (or validation) set, in the order tables show them.
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max")
 PIXEL_KEYS = ("pixel_auroc", "aupro", "pixel_f1_max")

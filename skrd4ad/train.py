@@ -27,15 +27,12 @@ from .data import category_tensors, load_category
 from .errors import CheckpointError, TrainingDiverged, UserError
 from .feature_cache import build_cache, use_cache
 from .models.reverse_distillation.hooks import ReverseDistillation
-from .results import json_text
+from .results import BEST, LAST, MODEL, json_text
 from .runtime import THRESHOLD_PRECISION, Runtime
 from .scoring import best_f1_threshold
 
 __all__ = ["Callback", "OnEpochEnd", "TrainResult", "Trainer", "fit"]
 
-LAST = "last.pt"
-BEST = "best.pt"
-MODEL = "model.pt"
 LOSS_TERMS = ("loss", "l2", "cosine", "consistency")
 # Settings that change what a checkpoint's weights mean, or choose the training images:
 # resuming with others is an error.

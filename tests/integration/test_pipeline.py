@@ -154,8 +154,11 @@ def test_mlflow_parent_and_nested_runs(project, tmp_path):
         params = c.data.params  # the config in its sections, as params.yaml names them
         assert params["model.backbone"] == "resnet18" and params["loss.gamma"] == "0.05"
         assert c.data.tags["node_id"] and c.data.tags["host"]  # where it ran
-        history = mlflow.tracking.MlflowClient().get_metric_history(c.info.run_id, "loss")
-        assert [h.step for h in history] == [1, 2]
+        client = mlflow.tracking.MlflowClient()
+        for series in ("loss", "images_per_s"):  # per-epoch values only, no final at step 0
+            history = client.get_metric_history(c.info.run_id, series)
+            assert [h.step for h in history] == [1, 2], series
+        assert [h.step for h in client.get_metric_history(c.info.run_id, "aupro")] == [2]
     assert {f"mean_{k}" for k in METRIC_KEYS} <= set(parents[0].data.metrics)
     import torch
 
@@ -289,6 +292,10 @@ def test_a_killed_driver_reruns_into_the_same_runs(project, tmp_path):
         history = json.loads(
             (root / "results" / "benchmark" / unfinished / "train_history.json").read_text()
         )
+        # Each run keeps its final checkpoint only: no epoch checkpoint the kill left.
+        for run in state:
+            assert not list((storage / run).glob("*/last.pt")), run
+            assert len([c for c in (storage / run).glob("checkpoint_*") if c.is_dir()]) == 1
     finally:
         sh([sys.executable, "-m", "dvc", "checkout", "-f", "-q"], root, env, check=False)
     assert metrics[finished]["reused"] is True

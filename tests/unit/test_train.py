@@ -317,3 +317,25 @@ def test_a_trailing_batch_of_one_image_trains(small_dataset, tmp_path):
     assert batch_bounds(8, 4) == [(0, 4), (4, 8)] and batch_bounds(1, 4) == [(0, 1)]
     result = fit(tiny_config(small_dataset, tmp_path, image_size=32, batch_size=4, epochs=1))
     assert result.epochs_run == 1
+
+
+def test_curve_images_name_their_area(tmp_path, monkeypatch):
+    """The ROC and PRO curve figures are titled with the AUROC and AUPRO of metrics.json."""
+    import numpy as np
+
+    from skrd4ad import plots
+
+    titles = {}
+
+    def keep_title(fig, path):
+        titles[path.name] = fig.axes[0].get_title()
+        plots.plt.close(fig)
+
+    monkeypatch.setattr(plots, "_save", keep_title)
+    labels = np.array([0, 0, 1, 1])
+    pro = (np.linspace(0, 1, 5), np.linspace(0, 1, 5))
+    plots.write_curves(tmp_path, np.array([0.1, 0.4, 0.35, 0.8]), labels, pro, 0.75, 0.123456)
+    assert titles == {
+        "roc_image.png": "image ROC: AUROC 0.7500",
+        "pro_curve.png": "PRO curve: AUPRO (FPR <= 0.3) 0.1235",
+    }
