@@ -225,7 +225,7 @@ def main() -> None:
         if not cut["killed"]:
             raise SystemExit("the second run ended before it could be killed")
         again = repro(proj, env)
-        cats = json.loads((proj / "metrics.json").read_text())["categories"]
+        cats = json.loads((proj / "results" / "runs.json").read_text())["categories"]
         reused = sorted(c for c, m in cats.items() if m.get("reused"))
         resumed = {c: m["resumed_from_epoch"] for c, m in cats.items() if not m.get("reused")}
         again.update(

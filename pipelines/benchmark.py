@@ -51,9 +51,14 @@ from .orchestrate import (
 from .params import load_params, stage_parser, train_config
 from .progress import Progress
 from .ray_train import PLACEMENT, start_ray, train_func
-from .tracking import Tracker, git_commit, quiet_mlflow
+from .tracking import Tracker, git_state, quiet_mlflow
 from .validate import params_key, validated
 
+# Beside the plots: how and where each category ran (times, counts, placement, reuse).
+RUNS = "runs.json"
+# The params.yaml sections that decide a benchmark's numbers (in runs.json and the report).
+REPORTED_SETTINGS = ("dataset", "default_dataset", "data", "model", "loss", "optim", "runtime",
+                     "train", "resources", "evaluate")  # fmt: skip
 # In results/benchmark/<category>: where the final weights are stored once (an MLflow
 # model, or with tracking off the run storage).
 MODEL_POINTER = "model.json"
@@ -282,42 +287,47 @@ def _nan_if_none(value: float | None) -> float:
     return math.nan if value is None else value
 
 
-def _summary(dataset: dict, configs: dict, outcomes: dict, wall: float) -> tuple[dict, list, list]:
-    """metrics.json in params order (not finishing order), and the plots' rows."""
-    per_category: dict[str, Any] = {}
+def _summary(
+    dataset: dict, configs: dict, outcomes: dict, wall: float
+) -> tuple[dict, dict, list, list]:  # fmt: skip
+    """metrics.json (accuracy only, so that `dvc metrics show` and `dvc exp show` read as a
+    table) and runs.json (how and where each category ran), both in params order, not
+    finishing order; and the plots' rows."""
+    accuracy: dict[str, Any] = {}
+    runs: dict[str, Any] = {}
     failed: dict[str, str] = {}
     loss_rows, bar_rows = [], []
     for cat in configs:
         outcome = outcomes[cat]
         if "error" in outcome:
             failed[cat] = outcome["error"]
-            per_category[cat] = {"error": outcome["error"]}
+            accuracy[cat] = {"error": outcome["error"]}
             continue
         evaluation, history, reported = (
             outcome["evaluation"],
             outcome["history"],
             outcome["metrics"],
         )
-        entry = {k: evaluation[k] for k in METRIC_KEYS}
+        accuracy[cat] = {k: evaluation[k] for k in METRIC_KEYS}
         if evaluation.get("absent"):
-            entry["absent"] = evaluation["absent"]
-        entry["test_images"] = evaluation["counts"]["test"]
+            accuracy[cat]["absent"] = evaluation["absent"]
+        run = {"test_images": evaluation["counts"]["test"]}
         for key in ("train_s", "images_per_s", "resumed_from_epoch", "torch_threads"):
-            entry[key] = reported.get(key)
-        entry["reused"] = bool(reported.get("reused"))  # finished before, by the same run
-        entry.update(outcome["placement"])  # where its rank-0 worker ran
-        per_category[cat] = entry
+            run[key] = reported.get(key)
+        run["reused"] = bool(reported.get("reused"))  # finished before, by the same run
+        run.update(outcome["placement"])  # where its rank-0 worker ran
+        runs[cat] = run
         bar_rows.append({"category": cat, **{k: evaluation[k] for k in METRIC_KEYS}})
         loss_rows += [{"category": cat, "epoch": h["epoch"], "loss": h["loss"]} for h in history]
-    ok = [c for c in per_category if c not in failed]
+    ok = [c for c in accuracy if c not in failed]
     metrics = {
         "dataset": dataset["name"],
-        "categories": per_category,
-        "mean": {k: _mean([per_category[c][k] for c in ok]) for k in METRIC_KEYS},
+        "categories": accuracy,
+        "mean": {k: _mean([accuracy[c][k] for c in ok]) for k in METRIC_KEYS},
         "failed": failed,
-        "wall_s": wall,
     }
-    return metrics, bar_rows, loss_rows
+    record = {"data_version": dataset.get("data_version", ""), "wall_s": wall, "categories": runs}
+    return metrics, record, bar_rows, loss_rows
 
 
 def run(
@@ -349,7 +359,7 @@ def run(
     jobs, settings = _jobs(params, configs, dataset)
     tags = {
         "dataset": dataset["name"],
-        "git_commit": git_commit(),
+        **git_state(),
         "dvc_data_hash": dataset.get("data_version", ""),
     }
     mlflow = params["mlflow"]
@@ -359,11 +369,18 @@ def run(
     )  # fmt: skip
     tracker.start(f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}", params, tags)
     outcomes = fit_categories(jobs, settings, (out / "benchmark").resolve(), tracker, tags, verbose)
-    metrics, bar_rows, loss_rows = _summary(dataset, configs, outcomes, time.perf_counter() - t0)
+    metrics, runs, bar_rows, loss_rows = _summary(
+        dataset, configs, outcomes, time.perf_counter() - t0
+    )
     atomic_write_text(metrics_file, json_text(metrics))
+    runs["settings"] = {k: params[k] for k in REPORTED_SETTINGS if k in params}
+    atomic_write_text(out / RUNS, json_text(runs))
     plots = out / "plots"
     atomic_write_text(plots / "per_category.csv", _csv(bar_rows, ["category", *METRIC_KEYS]))
     atomic_write_text(plots / "loss.csv", _csv(loss_rows, ["category", "epoch", "loss"]))
+    from skrd4ad.plots import write_benchmark_plots
+
+    write_benchmark_plots(plots, bar_rows, loss_rows)
     tracker.finish({f"mean_{k}": v for k, v in metrics["mean"].items()}, metrics_file)
     if local_cluster:
         ray.shutdown()  # an own local instance: end it now, not at interpreter exit
@@ -431,7 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"benchmark: error: {exc}", file=sys.stderr)
         return 2
-    print(json_text({"mean": metrics["mean"], "failed": metrics["failed"]}), end="")
+    done = len(metrics["categories"]) - len(metrics["failed"])
+    aupro = metrics["mean"]["aupro"]
+    mean = "" if aupro is None else f", mean AUPRO {100 * aupro:.2f} %"
+    print(f"benchmark: {done} categories evaluated{mean}: {args.metrics}, {args.out / RUNS}")
     if metrics["failed"]:
         names = ", ".join(sorted(metrics["failed"]))
         print(f"benchmark: error: categories failed: {names} (see {args.metrics})", file=sys.stderr)

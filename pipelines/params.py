@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from skrd4ad.errors import UserError
 # DVC's own default; every stage takes --params to read another.
 PARAMS = Path("params.yaml")
 DATASETS = ("default", "mvtec", "visa", "vad", "folder")
+# MLflow's store when neither MLFLOW_TRACKING_URI nor params.yaml's mlflow.tracking_uri
+# names one.
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # The sections params.yaml shares with skrd4ad.config.Config (data comes from `dataset`).
 CONFIG_SECTIONS = ("data", "model", "loss", "optim", "runtime", "train")
 
@@ -25,6 +29,11 @@ def stage_parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--params", type=Path, default=PARAMS, help="the pipeline's settings")
     return parser
+
+
+def tracking_uri(configured: str | None) -> str:
+    """The tracking server: MLFLOW_TRACKING_URI, else params.yaml's mlflow.tracking_uri."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_TRACKING_URI
 
 
 def load_params(path: Path | None = None) -> dict[str, Any]:

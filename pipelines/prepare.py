@@ -140,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"prepare: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(info, indent=2))
+    cats = info["categories"]
+    print(f"prepare: {info['name']}, {len(cats)} categories ({', '.join(cats)}), data version "
+          f"{info['data_version']}: {args.out / 'dataset.json'}")  # fmt: skip
     return 0
 
 

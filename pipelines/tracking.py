@@ -18,6 +18,7 @@ from typing import Any
 
 from skrd4ad.results import MODEL
 
+from .params import tracking_uri
 from .ray_train import scalar_metrics
 
 
@@ -25,14 +26,8 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-DEFAULT_URI = "sqlite:///mlflow.db"
 # MLflow's experiment tag for what an experiment holds, and its value for model training.
 EXPERIMENT_KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
-
-
-def tracking_uri(configured: str | None) -> str:
-    """The tracking server: MLFLOW_TRACKING_URI, else params.yaml's mlflow.tracking_uri."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
 
 
 def quiet_mlflow(verbose: bool) -> None:
@@ -41,17 +36,30 @@ def quiet_mlflow(verbose: bool) -> None:
     stay."""
     if verbose:
         return
+    # Artifact progress bars (MLflow's documented switch): a line per logged model.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow  # noqa: F401 - it sets its loggers' levels when imported; then these win
+
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"mlflow\.store")
 
 
-def git_commit() -> str:
+def _git(*args: str) -> str | None:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+            ["git", *args], capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return None
+
+
+def git_state() -> dict[str, str]:
+    """Where a run's code came from: the commit, and whether tracked files differed from
+    it (``git_dirty``); "unknown" outside a git checkout."""
+    commit = _git("rev-parse", "HEAD")
+    changes = _git("status", "--porcelain", "--untracked-files=no")
+    dirty = "unknown" if changes is None else str(bool(changes)).lower()
+    return {"git_commit": commit or "unknown", "git_dirty": dirty}
 
 
 def _flat(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -66,7 +74,9 @@ def _requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for name in ("torch", "torchvision", "numpy", "scikit-image", "pillow", "pyyaml", "tqdm"):
+    # skrd4ad itself: the pickled model is its module (and the packages it imports).
+    for name in ("skrd4ad", "torch", "torchvision", "numpy", "scikit-image", "pillow", "pyyaml",
+                 "tqdm"):  # fmt: skip
         try:
             out.append(f"{name}=={version(name).split('+')[0]}")
         except PackageNotFoundError:

@@ -551,7 +551,7 @@ def _storage(storage: str | None, params: dict[str, Any], address: str | None) -
 
 def _start_tracker(params: dict, spec: SearchSpec, dataset: dict, name: str) -> Any:
     """The search's MLflow parent run (trials and the best config nest under it)."""
-    from .tracking import Tracker, git_commit
+    from .tracking import Tracker, git_state
 
     tune_params = params.get("tune") or {}
     tracker = Tracker(
@@ -559,7 +559,7 @@ def _start_tracker(params: dict, spec: SearchSpec, dataset: dict, name: str) -> 
         params["mlflow"].get("tracking_uri"),
         params["mlflow"].get("artifact_location"),
     )
-    tags = {"search": spec.name, "dataset": dataset["name"], "git_commit": git_commit()}
+    tags = {"search": spec.name, "dataset": dataset["name"], **git_state()}
     tracker.start(f"tune-{name}", {"space": _space_params(spec), "scope": spec.scope}, tags)
     return tracker
 

@@ -96,3 +96,32 @@ def write_curves(
         _save(fig, out / "pro_curve.png")
         written.append(str(out / "pro_curve.png"))
     return written
+
+
+def write_benchmark_plots(out: Path, bars: list[dict], loss: list[dict]) -> list[str]:
+    """The benchmark's plots as PNG files, readable offline (DVC's HTML loads Vega from a
+    CDN): the training loss with a line per category, and each accuracy metric per
+    category. ``bars``: {category, metric: value}; ``loss``: {category, epoch, loss}."""
+    from .results import METRIC_KEYS, METRIC_LABELS
+
+    written = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for cat in dict.fromkeys(r["category"] for r in loss):
+        rows = [r for r in loss if r["category"] == cat]
+        ax.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], marker=".", label=cat)
+    ax.set(xlabel="epoch", ylabel="loss", title="training loss per category")
+    if loss:
+        ax.legend(fontsize=7, ncol=2)
+    _save(fig, out / "loss.png")
+    written.append(str(out / "loss.png"))
+    cats = [r["category"] for r in bars]
+    size = (3 * len(METRIC_KEYS), 0.6 + 0.3 * len(cats))
+    fig, axes = plt.subplots(1, len(METRIC_KEYS), figsize=size, sharey=True, squeeze=False)
+    for ax, key in zip(axes[0], METRIC_KEYS, strict=True):
+        values = [np.nan if r[key] is None else r[key] for r in bars]
+        ax.barh(cats, values)
+        ax.set(xlim=(0, 1), title=METRIC_LABELS[key])
+        ax.invert_yaxis()
+    _save(fig, out / "per_category.png")
+    written.append(str(out / "per_category.png"))
+    return written

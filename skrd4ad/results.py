@@ -16,6 +16,14 @@ LAST, BEST, MODEL = "last.pt", "best.pt", "model.pt"
 # Accuracy metrics of a test (or validation) set, in the order tables show them.
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max")
 PIXEL_KEYS = ("pixel_auroc", "aupro", "pixel_f1_max")
+# How tables and plots name them.
+METRIC_LABELS = {
+    "image_auroc": "image AUROC",
+    "pixel_auroc": "pixel AUROC",
+    "aupro": "AUPRO",
+    "image_f1_max": "image F1-max",
+    "pixel_f1_max": "pixel F1-max",
+}
 
 
 def finite_or_none(obj: Any) -> Any:

@@ -187,4 +187,6 @@ class RayCluster:
         for name in [n for n in self.nodes if n != "head"] + ["head"]:
             if name in self.nodes:
                 self.kill(name)
-        subprocess.run([str(BIN / "ray"), "stop"], env=self.env, capture_output=True, timeout=120)
+        subprocess.run(
+            [str(BIN / "ray"), "stop", "--force"], env=self.env, capture_output=True, timeout=120
+        )

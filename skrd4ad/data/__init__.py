@@ -6,8 +6,7 @@ default dataset's settings without importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_names
 
 _MODULES = {
     ".default_dataset": ("DEFAULT_CATEGORIES", "make_default_dataset"),
@@ -16,11 +15,4 @@ _MODULES = {
     ".tensors": ("TensorSet", "category_tensors", "decode", "decode_test_split"),
     ".visa": ("prepare_visa",),
 }
-_WHERE = {name: module for module, names in _MODULES.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_names(__name__, _MODULES)

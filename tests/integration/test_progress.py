@@ -55,6 +55,22 @@ def test_a_log_gets_a_line_per_trial_and_epoch_with_eta():
     ]
 
 
+def test_a_log_gets_about_five_epoch_lines_per_trial_and_one_a_minute(monkeypatch):
+    import pipelines.progress as progress
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    out = Log()
+    view = Progress(lambda trial: ("brick", 10), out=out)
+    brick = SimpleNamespace(trial_id="1", config={})
+    view.on_trial_start(0, [], brick)
+    for epoch in range(1, 11):
+        clock[0] += 1.0 if epoch != 7 else 61.0  # epoch 7 took over a minute
+        view.on_trial_result(0, [], brick, {"epoch": epoch, "loss": 0.5, "epoch_s": 1.0})
+    epochs = [line.split()[2] for line in out.getvalue().splitlines() if " epoch " in line]
+    assert epochs == ["2/10", "4/10", "6/10", "7/10", "8/10", "10/10"]
+
+
 def test_a_terminal_gets_one_live_row_per_trial():
     out = Terminal()
     _run(Progress(_describe, out=out))

@@ -71,7 +71,7 @@ def someone_elses_cluster():
     # lookups: Ray Train's placement-group cleaner in a later local Ray would ask that dead
     # cluster, and the placement groups of trials ASHA stopped would never be freed.
     subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "stop"], env=env, capture_output=True,
+        [str(Path(sys.executable).parent / "ray"), "stop", "--force"], env=env, capture_output=True,
         timeout=120,
     )  # fmt: skip
 

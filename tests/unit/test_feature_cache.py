@@ -70,7 +70,7 @@ def test_augmentation_turns_the_cache_off(small_dataset, tmp_path):
 def test_compiled_student_trains_like_eager(small_dataset, tmp_path):
     runs = {}
     for name, compiled in (("eager", False), ("compiled", True)):
-        cfg = tiny_config(small_dataset, tmp_path / name, epochs=2, compile=compiled)
+        cfg = tiny_config(small_dataset, tmp_path / name, epochs=1, compile=compiled)
         fit(cfg)
         runs[name] = _history(tmp_path / name)
     # Inductor fuses and reorders float32 reductions: after a few Adam steps the losses

@@ -10,8 +10,7 @@ needs (backbones, skip topologies) come without importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ...lazy import lazy_names
 
 _MODULES = {
     ".anomaly_map": ("anomaly_map", "gaussian_blur", "image_score"),
@@ -25,11 +24,4 @@ _MODULES = {
     ".published_weights": ("load_published_state",),
     ".torch_model": ("SKRD4AD", "Student", "build_model"),
 }  # fmt: skip
-_WHERE = {name: module for module, names in _MODULES.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_names(__name__, _MODULES)
