@@ -32,6 +32,7 @@ from skrd4ad.atomic import atomic_write_text
 from skrd4ad.errors import UserError
 from skrd4ad.results import METRIC_KEYS, MODEL, json_text
 
+from .model_file import MODEL_POINTER
 from .orchestrate import (
     CHECKPOINT_PATH,
     ERROR,
@@ -59,9 +60,6 @@ RUNS = "runs.json"
 # The params.yaml sections that decide a benchmark's numbers (in runs.json and the report).
 REPORTED_SETTINGS = ("dataset", "default_dataset", "data", "model", "loss", "optim", "runtime",
                      "train", "resources", "evaluate")  # fmt: skip
-# In results/benchmark/<category>: where the final weights are stored once (an MLflow
-# model, or with tracking off the run storage).
-MODEL_POINTER = "model.json"
 
 
 def _threads_per_worker(value: Any, cpus: float, gpus: float) -> int | None:

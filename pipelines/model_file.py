@@ -20,12 +20,14 @@ from skrd4ad.errors import UserError
 
 from .params import load_params, stage_parser
 
-POINTER = "model.json"
+# In results/benchmark/<category> and the final checkpoint: where the final weights are
+# stored once (an MLflow model, or with tracking off the run storage).
+MODEL_POINTER = "model.json"
 
 
 def model_file(results: Path, out: Path, params: dict) -> Path:
     """Write ``results``' (a category's folder, or its model.json) model to ``out``."""
-    pointer = results / POINTER if results.is_dir() else results
+    pointer = results / MODEL_POINTER if results.is_dir() else results
     try:
         where = json.loads(pointer.read_text())["model"]
     except (OSError, ValueError, KeyError) as exc:
