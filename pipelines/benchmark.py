@@ -32,6 +32,7 @@ from skrd4ad.atomic import atomic_write_text
 from skrd4ad.errors import UserError
 from skrd4ad.results import METRIC_KEYS, MODEL, json_text
 
+from .mlflow_model import model_name
 from .model_file import MODEL_POINTER
 from .orchestrate import (
     CHECKPOINT_PATH,
@@ -52,7 +53,7 @@ from .orchestrate import (
 from .params import load_params, stage_parser, train_config
 from .progress import Progress
 from .ray_train import PLACEMENT, start_ray, train_func
-from .tracking import Tracker, git_state, quiet_mlflow
+from .tracking import Tracker, quiet_mlflow, source_tags
 from .validate import params_key, validated
 
 # Beside the plots: how and where each category ran (times, counts, placement, reuse).
@@ -253,9 +254,9 @@ class Recorder(tune.Callback):
             tags = dict(outcome["placement"])
             if pointer.is_file():  # reused: its model was logged by the run that trained it
                 tags["model_uri"] = json.loads(pointer.read_text())["model"]
+            name = model_name(self.tags.get("dataset"), cat, loop["train"])
             logged = self.tracker.finish_child(
-                self.runs.get(cat), final, tags, download, _model_name(self.tags, loop, cat),
-                step=len(outcome["history"]),
+                self.runs.get(cat), final, tags, download, name, step=len(outcome["history"]),
             )  # fmt: skip
             if logged:
                 text = json.dumps({"model": logged, "mlflow_run": self.runs.get(cat)}, indent=1)
@@ -271,14 +272,6 @@ class Recorder(tune.Callback):
             folder.parent.mkdir(parents=True, exist_ok=True)
             download.rename(folder)
         return outcome
-
-
-def _model_name(tags: dict, loop: dict, category: str) -> str:
-    """An MLflow model's name: the dataset, the category and the model's topology."""
-    from skrd4ad.config import Config
-
-    model = Config.from_dict(loop["train"], "the category's config").model
-    return "-".join((tags.get("dataset") or "data", category, model.backbone, model.skip))
 
 
 def _nan_if_none(value: float | None) -> float:
@@ -320,8 +313,9 @@ def _summary(
     ok = [c for c in accuracy if c not in failed]
     metrics = {
         "dataset": dataset["name"],
-        "categories": accuracy,
+        # The means first: `dvc exp show` lists the columns in this order.
         "mean": {k: _mean([accuracy[c][k] for c in ok]) for k in METRIC_KEYS},
+        "categories": accuracy,
         "failed": failed,
     }
     record = {"data_version": dataset.get("data_version", ""), "wall_s": wall, "categories": runs}
@@ -357,7 +351,7 @@ def run(
     jobs, settings = _jobs(params, configs, dataset)
     tags = {
         "dataset": dataset["name"],
-        **git_state(),
+        **source_tags(),
         "dvc_data_hash": dataset.get("data_version", ""),
     }
     mlflow = params["mlflow"]
@@ -365,13 +359,16 @@ def run(
         mlflow.get("experiment", "skrd4ad"), mlflow.get("tracking_uri"),
         mlflow.get("artifact_location"),
     )  # fmt: skip
-    tracker.start(f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}", params, tags)
+    # Under `dvc exp run` the parent run is named after the DVC experiment.
+    label = tags.get("dvc_experiment") or time.strftime("%Y%m%d-%H%M%S")
+    tracker.start(f"benchmark-{label}", params, tags)
     outcomes = fit_categories(jobs, settings, (out / "benchmark").resolve(), tracker, tags, verbose)
     metrics, runs, bar_rows, loss_rows = _summary(
         dataset, configs, outcomes, time.perf_counter() - t0
     )
     atomic_write_text(metrics_file, json_text(metrics))
     runs["settings"] = {k: params[k] for k in REPORTED_SETTINGS if k in params}
+    runs["mlflow"] = tracker.where()  # the report links the UI's page of this run
     atomic_write_text(out / RUNS, json_text(runs))
     plots = out / "plots"
     atomic_write_text(plots / "per_category.csv", _csv(bar_rows, ["category", *METRIC_KEYS]))

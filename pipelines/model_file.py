@@ -40,8 +40,8 @@ def model_file(results: Path, out: Path, params: dict) -> Path:
     if where.startswith(("models:/", "runs:/")):
         import mlflow
 
+        from .mlflow_model import checkpoint_from_model
         from .params import tracking_uri
-        from .tracking import checkpoint_from_model
 
         mlflow.set_tracking_uri(tracking_uri(params["mlflow"].get("tracking_uri")))
         return checkpoint_from_model(where, out)

@@ -36,6 +36,18 @@ def tracking_uri(configured: str | None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_TRACKING_URI
 
 
+# Where `mlflow ui` serves when the store is a database or folder (the README's command).
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def experiment_url(tracking: str, experiment_id: str) -> str:
+    """An experiment's page in the MLflow UI, on its training runs: MLflow 3's UI opens in
+    its GenAI view unless the page's address names the workflow (its experimentKind tag
+    does not decide it)."""
+    base = tracking.rstrip("/") if tracking.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
 def load_params(path: Path | None = None) -> dict[str, Any]:
     path = Path(path or PARAMS)
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 from skrd4ad.atomic import atomic_write_text
 from skrd4ad.results import METRIC_KEYS, METRIC_LABELS
 
-from .params import load_params, stage_parser, tracking_uri
+from .params import LOCAL_UI, load_params, stage_parser, tracking_uri
 from .published import TABLES, VAD_IMAGE_AUROC
 
 
@@ -130,12 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     text = full_report(metrics, runs, args.plots, args.out.parent)
     atomic_write_text(args.out, text)
-    _print_summary(metrics, args.out, tracking_uri(load_params(args.params)["mlflow"].get(
-        "tracking_uri")))  # fmt: skip
+    mlflow_uri = tracking_uri(load_params(args.params)["mlflow"].get("tracking_uri"))
+    _print_summary(metrics, args.out, mlflow_uri, (runs or {}).get("mlflow"))
     return 0
 
 
-def _print_summary(metrics: dict, report: Path, mlflow_uri: str) -> None:
+# Experiments side by side: the means first (metrics.json's order), then what differs.
+EXP_SHOW = "dvc exp show --only-changed --drop 'categories|dataset'"
+
+
+def _print_summary(metrics: dict, report: Path, mlflow_uri: str, run: dict | None) -> None:
     """The end of `dvc repro`: a boxed per-category table, then where to look next."""
     from rich.console import Console
     from rich.table import Table
@@ -151,15 +155,15 @@ def _print_summary(metrics: dict, report: Path, mlflow_uri: str) -> None:
     table.add_row("mean", *(_pct(metrics["mean"].get(k)) for k in METRIC_KEYS), style="bold")
     console = Console(width=100)
     console.print(table)
-    ui = "mlflow ui --host 127.0.0.1 --port 5000"
-    if not mlflow_uri.startswith(("http://", "https://")):
-        ui = f"mlflow ui --backend-store-uri {mlflow_uri} --host 127.0.0.1 --port 5000"
+    # The experiment's page on its training runs (MLflow 3's UI opens on GenAI otherwise).
+    server = mlflow_uri.startswith(("http://", "https://"))
+    page = run["url"] if run else (mlflow_uri if server else LOCAL_UI)
+    ui = "" if server else f"mlflow ui --backend-store-uri {mlflow_uri} --port 5000, then "
     console.print(
         f"Next: the report is {report}\n"
-        f"  MLflow: {ui}, then open http://127.0.0.1:5000"
-        + (f" (or {mlflow_uri})" if mlflow_uri.startswith("http") else "") + "\n"
+        f"  MLflow: {ui}open {page}\n"
         "  plots: dvc plots show (needs a network for Vega), or results/plots/*.png\n"
-        "  another setting: dvc exp run -S train.epochs=20, then dvc exp show",
+        f"  another setting: dvc exp run -S train.epochs=20, then {EXP_SHOW}",
         highlight=False, soft_wrap=True,
     )  # fmt: skip
 

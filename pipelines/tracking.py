@@ -18,7 +18,8 @@ from typing import Any
 
 from skrd4ad.results import MODEL
 
-from .params import tracking_uri
+from .mlflow_model import log_model
+from .params import experiment_url, tracking_uri
 from .ray_train import scalar_metrics
 
 
@@ -53,13 +54,20 @@ def _git(*args: str) -> str | None:
         return None
 
 
-def git_state() -> dict[str, str]:
-    """Where a run's code came from: the commit, and whether tracked files differed from
-    it (``git_dirty``); "unknown" outside a git checkout."""
+def source_tags() -> dict[str, str]:
+    """Where a run's code came from: the git commit, whether tracked files differed from
+    it (``git_dirty``; "unknown" outside a git checkout), and under ``dvc exp run`` the
+    experiment's name and baseline commit (DVC's documented ``DVC_EXP_NAME`` and
+    ``DVC_EXP_BASELINE_REV``)."""
     commit = _git("rev-parse", "HEAD")
     changes = _git("status", "--porcelain", "--untracked-files=no")
     dirty = "unknown" if changes is None else str(bool(changes)).lower()
-    return {"git_commit": commit or "unknown", "git_dirty": dirty}
+    tags = {"git_commit": commit or "unknown", "git_dirty": dirty}
+    for tag, variable in (("dvc_experiment", "DVC_EXP_NAME"),
+                          ("dvc_baseline_rev", "DVC_EXP_BASELINE_REV")):  # fmt: skip
+        if os.environ.get(variable):
+            tags[tag] = os.environ[variable]
+    return tags
 
 
 def _flat(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -68,77 +76,6 @@ def _flat(prefix: str, value: Any, out: dict[str, str]) -> None:
             _flat(f"{prefix}.{k}" if prefix else str(k), v, out)
     else:
         out[prefix] = json.dumps(value) if isinstance(value, list) else str(value)
-
-
-def _requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    # skrd4ad itself: the pickled model is its module (and the packages it imports).
-    for name in ("skrd4ad", "torch", "torchvision", "numpy", "scikit-image", "pillow", "pyyaml",
-                 "tqdm"):  # fmt: skip
-        try:
-            out.append(f"{name}=={version(name).split('+')[0]}")
-        except PackageNotFoundError:
-            out.append(name)
-    return out
-
-
-# The checkpoint's parts an MLflow model holds as weights (the rest, JSON, beside them).
-WEIGHTS = ("teacher", "bottleneck", "decoder", "optimizer")
-CHECKPOINT_FILE = "skrd4ad_checkpoint.json"
-
-
-def _log_model(mlflow: Any, checkpoint: Path, name: str) -> str:
-    """An skrd4ad checkpoint as an MLflow pytorch model in the active run: the module
-    (uint8 images in, anomaly maps and scores out) and, beside it, everything else the
-    checkpoint holds; returns the model's URI."""
-    import tempfile
-
-    import mlflow.pytorch
-
-    from skrd4ad.checkpoint import load_model
-    from skrd4ad.inference import AnomalyDetector
-
-    model, state = load_model(checkpoint)
-    rest = {k: v for k, v in state.items() if k not in WEIGHTS}
-    detector = AnomalyDetector(model, rest["config"]["train"]["image_size"]).eval()
-    # Pickle is chosen knowingly (see below): MLflow's warning about it is not for the
-    # user of a benchmark.
-    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / CHECKPOINT_FILE).write_text(json.dumps(rest))
-        # pickle, not pt2: torch.export would need a fixed batch size. Naming the
-        # requirements skips MLflow's inference of them (seconds per model). Loading it
-        # needs skrd4ad importable (code_paths would copy the package, but MLflow then
-        # re-imports skrd4ad from the copy inside the process).
-        info = mlflow.pytorch.log_model(
-            detector,
-            name=name,
-            serialization_format="pickle",
-            pip_requirements=_requirements(),
-            extra_files=[str(Path(tmp) / CHECKPOINT_FILE)],
-        )
-    return info.model_uri
-
-
-def checkpoint_from_model(model_uri: str, out: Path) -> Path:
-    """model.pt again (an skrd4ad checkpoint for evaluate, predict and export) from an
-    MLflow model that :meth:`Tracker.finish_child` logged: the same weights and state."""
-    import tempfile
-
-    import mlflow.artifacts
-    import mlflow.pytorch
-
-    from skrd4ad.checkpoint import save_checkpoint
-
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
-        detector = mlflow.pytorch.load_model(str(local), map_location="cpu")
-        rest = json.loads((local / "extra_files" / CHECKPOINT_FILE).read_text())
-    kept = {k: v for k, v in rest.items() if k not in ("format", "version", "backbone", "skip")}
-    save_checkpoint(Path(out), detector.model, **kept)
-    return Path(out)
 
 
 def _metrics(values: dict[str, Any], step: int) -> list:
@@ -184,6 +121,14 @@ class Tracker:
         tracker = cls.__new__(cls)
         tracker.ok, tracker.parent, tracker.experiment = False, None, ""
         return tracker
+
+    def where(self) -> dict[str, str] | None:
+        """The parent run as the UI shows it: its URI, experiment, run and page."""
+        if not self.ok or self.parent is None:
+            return None
+        uri, info = self.mlflow.get_tracking_uri(), self.parent.info
+        return {"tracking_uri": uri, "experiment_id": info.experiment_id,
+                "run_id": info.run_id, "url": experiment_url(uri, info.experiment_id)}  # fmt: skip
 
     def fail(self, exc: BaseException) -> None:
         self.ok = False
@@ -248,7 +193,8 @@ class Tracker:
         """A category's final metrics (their own keys, at ``step``: its last epoch), its
         evaluation folder and its model: ``folder/model.pt`` logged as an MLflow model
         named ``name``, which is then the one stored copy of its weights
-        (:func:`checkpoint_from_model` gives model.pt back). The run ends FINISHED.
+        (:func:`~pipelines.mlflow_model.checkpoint_from_model` gives model.pt back). The
+        run ends FINISHED.
         Returns the model's URI, or None when nothing was logged (tracking off or failed,
         or no model.pt: a reused category, whose model the run that trained it logged)."""
         if not self.ok or run_id is None:
@@ -264,7 +210,7 @@ class Tracker:
                 client.set_terminated(run_id)
                 return None
             with mlflow.start_run(run_id=run_id, nested=True):
-                return _log_model(mlflow, folder / MODEL, name)
+                return log_model(folder / MODEL, name)
         except Exception as exc:  # noqa: BLE001
             self.fail(exc)
             return None

@@ -502,7 +502,9 @@ def run(
             summary["best"][cat] = {k: v for k, v in entry.items() if k != "test"}
             summary["best"][cat].update({"test": entry["test"][cat]} if "test" in entry else {})
         summary["trials"][label] = trials
-        tracker_log_best(tracker, label, entry, spec)
+        registered = tracker_log_best(tracker, label, entry, spec, name, trainer, dataset["name"])
+        for cat, uri in registered.items():
+            summary["best"][cat]["registered_model"] = uri
     summary["wall_s"] = time.perf_counter() - t0
     text = yaml.safe_dump(summary, sort_keys=False)
     summary["file"] = f"{storage.rstrip('/')}/{name}/best.yaml"
@@ -551,7 +553,7 @@ def _storage(storage: str | None, params: dict[str, Any], address: str | None) -
 
 def _start_tracker(params: dict, spec: SearchSpec, dataset: dict, name: str) -> Any:
     """The search's MLflow parent run (trials and the best config nest under it)."""
-    from .tracking import Tracker, git_state
+    from .tracking import Tracker, source_tags
 
     tune_params = params.get("tune") or {}
     tracker = Tracker(
@@ -559,7 +561,7 @@ def _start_tracker(params: dict, spec: SearchSpec, dataset: dict, name: str) -> 
         params["mlflow"].get("tracking_uri"),
         params["mlflow"].get("artifact_location"),
     )
-    tags = {"search": spec.name, "dataset": dataset["name"], **git_state()}
+    tags = {"search": spec.name, "dataset": dataset["name"], **source_tags()}
     tracker.start(f"tune-{name}", {"space": _space_params(spec), "scope": spec.scope}, tags)
     return tracker
 
@@ -595,6 +597,7 @@ def _outcome(
         return entry, trials
     entry["config"] = {k: _plain(best.config[k]) for k in spec.params}
     entry[spec.metric] = float(best.metrics[spec.metric])
+    entry["checkpoint"] = str(best.metrics[CHECKPOINT_PATH])
     remote = ray.remote(num_cpus=spec.cpu, num_gpus=_gpu(spec.gpu))(evaluate_best_on_test)
     checkpoint = checkpoint_at(
         best.metrics[CHECKPOINT_PATH], trainer["storage_path"], trainer["storage_endpoint"]
@@ -635,10 +638,15 @@ def _space_params(spec: SearchSpec) -> dict[str, Any]:
     }
 
 
-def tracker_log_best(tracker: Any, label: str, entry: dict[str, Any], spec: SearchSpec) -> None:
-    """The best config of a search as its own nested run, tagged ``best``."""
+def tracker_log_best(
+    tracker: Any, label: str, entry: dict[str, Any], spec: SearchSpec, name: str,
+    trainer: dict[str, Any], dataset: str,
+) -> dict[str, str]:  # fmt: skip
+    """The best config of a search as its own nested run, tagged ``best``, holding the
+    best trial's model of each category, registered (:func:`register_best`); returns
+    each category's registered model URI (none when tracking is off)."""
     if not tracker.ok or "config" not in entry:
-        return
+        return {}
     try:
         mlflow = tracker.mlflow
         with mlflow.start_run(
@@ -655,8 +663,35 @@ def tracker_log_best(tracker: Any, label: str, entry: dict[str, Any], spec: Sear
                     }
                 )
             mlflow.log_metrics(metrics)
+            return register_best(entry, spec, name, trainer, dataset)
     except Exception as exc:  # noqa: BLE001 - tracking never fails a search
         tracker.fail(exc)
+        return {}
+
+
+def register_best(
+    entry: dict[str, Any], spec: SearchSpec, name: str, trainer: dict[str, Any], dataset: str
+) -> dict[str, str]:
+    """Each category's model of the best trial, logged in the active run and registered
+    as a new version of ``<dataset>-<category>-<backbone>-<skip>`` (the benchmark's model
+    name) with the alias ``best-<search>``; returns {category: models:/NAME@ALIAS}."""
+    from skrd4ad.checkpoint import read_checkpoint
+
+    from .mlflow_model import log_model, model_name, register
+
+    alias = f"best-{name}"
+    tags = {"search": name, spec.metric: str(entry[spec.metric])}
+    stored = checkpoint_at(
+        entry["checkpoint"], trainer["storage_path"], trainer["storage_endpoint"]
+    )
+    out = {}
+    with stored.as_directory() as folder:
+        for cat in entry["test"]:
+            path = Path(folder) / cat / LAST
+            model = model_name(dataset, cat, read_checkpoint(path)["config"])
+            register(log_model(path, model), model, alias, tags)
+            out[cat] = f"models:/{model}@{alias}"
+    return out
 
 
 def write_params(summary: dict[str, Any], path: Path) -> None:

@@ -29,7 +29,7 @@ import torch
 
 from .atomic import atomic_output
 from .errors import UserError
-from .inference import AnomalyDetector
+from .inference import INPUT_NAME, OUTPUT_NAMES, AnomalyDetector
 
 FORMATS = ("torchscript", "onnx")
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -42,7 +42,7 @@ def _metadata(state: dict[str, Any], image_size: int) -> dict[str, Any]:
     return {
         "image_size": image_size,
         "input": "uint8 (N, 3, S, S) RGB, resized bilinear antialiased; no normalisation",
-        "outputs": ["anomaly_map float32 (N, S, S)", "score float32 (N,)"],
+        "outputs": [f"{OUTPUT_NAMES[0]} float32 (N, S, S)", f"{OUTPUT_NAMES[1]} float32 (N,)"],
         "threshold": state.get("threshold"),
         "backbone": cfg.model.backbone,
         "skip": cfg.model.skip,
@@ -100,9 +100,9 @@ def _export_onnx(detector: AnomalyDetector, example: torch.Tensor, out: Path, me
             (example,),
             str(tmp),
             dynamo=False,
-            input_names=["images"],
-            output_names=["anomaly_map", "score"],
-            dynamic_axes={"images": {0: "N"}, "anomaly_map": {0: "N"}, "score": {0: "N"}},
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={name: {0: "N"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
             opset_version=17,
         )
         model = onnx.load(str(tmp))

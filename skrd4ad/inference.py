@@ -13,6 +13,11 @@ from .models import SKRD4AD
 from .models.reverse_distillation.anomaly_map import anomaly_map, image_score
 from .runtime import Runtime
 
+# The detector's input and outputs by name, as every serialised form names them (ONNX,
+# the MLflow model's signature and its pyfunc predictions).
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("anomaly_map", "score")
+
 
 class AnomalyDetector(torch.nn.Module):
     """uint8 images (N, 3, S, S) -> (anomaly maps (N, S, S), scores (N,)), in float32: the

@@ -3,6 +3,7 @@ and a multi-node Ray cluster whose worker nodes share no disk with the driver.""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -83,6 +84,35 @@ def start_mlflow(folder: Path, artifacts: str, endpoint: str) -> tuple[subproces
     uri = f"http://127.0.0.1:{port}"
     _wait(lambda: urllib.request.urlopen(f"{uri}/health", timeout=2), "mlflow server", log)
     return server, uri
+
+
+def start_mlflow_ui(db: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """`mlflow ui` on ``db``, as the end of `dvc repro` tells a user to start it."""
+    port = free_port()
+    cmd = [str(BIN / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{db}",
+           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    uri = f"http://127.0.0.1:{port}"
+    _wait(lambda: urllib.request.urlopen(f"{uri}/health", timeout=2), "mlflow ui", log)
+    return server, uri
+
+
+# Headless Chromium on a machine with no network: no background connections, a fresh
+# profile (the UI keeps its choices in the browser's local storage).
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync",
+                  "--virtual-time-budget=20000", "--window-size=1600,1000"]  # fmt: skip
+
+
+def browse(chromium: str, url: str, screenshot: Path, profile: Path) -> str:
+    """The page at ``url`` as a real browser renders it, after its scripts ran: returns
+    the DOM and writes a screenshot."""
+    base = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+    run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=120)
+    run([*base, f"--screenshot={screenshot}", url], check=True)
+    return run([*base, "--dump-dom", url], check=True).stdout
 
 
 @dataclass

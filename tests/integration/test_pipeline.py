@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -16,6 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
+from pipelines.params import LOCAL_UI
+from pipelines.report import EXP_SHOW
 from skrd4ad.results import METRIC_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -212,6 +215,41 @@ def test_mlflow_parent_and_nested_runs(project, tmp_path):
     _model_outside_and_rebuilt(root, env, tmp_path, cat, uri_of[cat])
 
 
+def test_mlflow_ui_opens_the_benchmark_on_its_training_runs(project, tmp_path):
+    """The page the end of `dvc repro` names, in a real browser (headless Chromium) on
+    `mlflow ui`: the experiment's training runs with the benchmark's run (MLflow 3's UI
+    opens on GenAI traces otherwise). The screenshot is kept in test-artifacts/."""
+    from servers import browse, start_mlflow_ui
+
+    chromium = shutil.which("chromium")
+    if chromium is None:  # CI installs it (.ci/run); a laptop may not have it
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs it (apt-get install chromium)")
+        pytest.skip("needs Chromium: apt-get install chromium")
+    root, _ = project
+    where = json.loads((root / "results" / "runs.json").read_text())["mlflow"]
+    assert f"open {where['url']}" in repro_log(root).read_text()  # what the console said
+    (parent,) = [r for r in _runs(root) if "mlflow.parentRunId" not in r.data.tags]
+    server, uri = start_mlflow_ui(root / "mlflow.db", tmp_path / "ui.log")
+    try:
+        shots = REPO / "test-artifacts"
+        shots.mkdir(exist_ok=True)
+        page = where["url"].replace(LOCAL_UI, uri)
+        dom = browse(chromium, page, shots / "mlflow-experiment.png", tmp_path / "profile")
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert parent.info.run_name in dom, dom[-3000:]  # the runs table, with the run in it
+    assert "skrd4ad-benchmark" in dom
+
+
+def _runs(root: Path) -> list:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["skrd4ad-benchmark"], output_format="list")
+
+
 def _model_outside_and_rebuilt(root: Path, env: dict, tmp_path: Path, cat: str, uri: dict) -> None:
     """The logged model loads outside this checkout, and model.pt rebuilt from it with
     `python -m pipelines.model_file` evaluates to the metrics recorded at training."""
@@ -223,8 +261,19 @@ def _model_outside_and_rebuilt(root: Path, env: dict, tmp_path: Path, cat: str, 
         "import sys, mlflow, mlflow.pytorch, torch\n"
         f"mlflow.set_tracking_uri({str('sqlite:///' + str(root / 'mlflow.db'))!r})\n"
         f"m = mlflow.pytorch.load_model({uri['model']!r}, dst_path=sys.argv[1])\n"
-        "maps, scores = m(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))\n"
-        "assert maps.shape == (1, 64, 64), maps.shape\n"
+        "x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)\n"
+        "maps, scores = m(x)\n"
+        "assert maps.shape == (2, 64, 64), maps.shape\n"
+        # the python_function flavor (mlflow models serve): both outputs, by name, the same
+        f"p = mlflow.pyfunc.load_model({uri['model']!r}, dst_path=sys.argv[1])\n"
+        "out = p.predict({'images': x.numpy()})\n"
+        "assert (out['anomaly_map'] == maps.detach().numpy()).all()\n"
+        "assert (out['score'] == scores.detach().numpy()).all()\n"
+        "sig = p.metadata.signature.to_dict()\n"
+        "assert '\"uint8\", \"shape\": [-1, 3, 64, 64]' in sig['inputs'], sig\n"
+        "assert '\"anomaly_map\"' in sig['outputs'] and '\"score\"' in sig['outputs'], sig\n"
+        "example = p.metadata.load_input_example(sys.argv[1])\n"
+        "assert example['images'].shape == (1, 3, 64, 64), example\n"
         "import os, skrd4ad\n"
         f"assert not {{os.path.abspath(p) for p in sys.path}} & {{{str(REPO)!r}, {str(root)!r}}}\n"
         "assert type(m).__module__ == 'skrd4ad.inference', type(m)\n"
@@ -357,6 +406,43 @@ def test_a_killed_driver_reruns_into_the_same_runs(project, tmp_path):
     assert metrics[unfinished]["reused"] is False
     assert metrics[unfinished]["resumed_from_epoch"] >= 1  # from a checkpoint, not epoch 0
     assert [h["epoch"] for h in history] == list(range(1, 5))
+
+
+def test_dvc_exp_run_compares_a_setting(project):
+    """`dvc exp run -S` (the README's way to compare settings) runs on DVC's rewrite of
+    params.yaml, whose nulls it writes as empty values; the MLflow run is named after the
+    experiment, and `dvc exp show` prints the means first."""
+    import mlflow
+
+    root, env = project
+    dvc = [sys.executable, "-m", "dvc"]
+    # A setting no category's training depends on: both are reused from the run storage.
+    change = ["-n", "other-setting", "-S", "mlflow.experiment=skrd4ad-exp"]
+    try:
+        done = sh([*dvc, "exp", "run", *change], root, env)
+        rewritten = (root / "params.yaml").read_text()
+        shown = sh([*dvc, "exp", "show", "--json"], root, env).stdout
+        # The README's command: the means, then the settings that differ.
+        table = sh([sys.executable, "-m", *shlex.split(EXP_SHOW), "--csv"], root, env).stdout
+    finally:
+        sh(["git", "checkout", "--", "params.yaml"], root, env)
+        sh([*dvc, "checkout", "-f", "-q"], root, env, check=False)
+    assert re.search(r"^  address:[ ]*$", rewritten, re.M), rewritten  # null, rewritten
+    assert "Ran experiment(s): other-setting" in done.stdout + done.stderr
+    (exp,) = [e for r in json.loads(shown) for e in r.get("experiments") or [] if
+              e.get("name") == "other-setting"]  # fmt: skip
+    metrics = exp["revs"][0]["data"]["metrics"]["metrics.json"]["data"]
+    assert set(metrics["mean"]) >= set(METRIC_KEYS)
+    header = table.splitlines()[0].split(",")
+    assert header[4:9] == [f"mean.{k}" for k in METRIC_KEYS], header
+    assert "mlflow.experiment" in header and not any("categories" in h for h in header)
+    assert EXP_SHOW in (REPO / "README.md").read_text()
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["skrd4ad-exp"], output_format="list")
+    assert len(runs) == 3 and {r.data.tags["dvc_experiment"] for r in runs} == {"other-setting"}
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.run_name == "benchmark-other-setting"
+    assert len(parent.data.tags["dvc_baseline_rev"]) == 40
 
 
 def test_a_run_name_follows_every_setting_that_changes_a_result():

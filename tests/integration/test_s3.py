@@ -108,7 +108,7 @@ def test_mlflow_artifacts_land_in_the_bucket(s3, tmp_path, monkeypatch, small_da
     # The logged model is the one copy of the weights: model.pt comes back from it whole.
     import torch
 
-    from pipelines.tracking import checkpoint_from_model
+    from pipelines.mlflow_model import checkpoint_from_model
     from skrd4ad.checkpoint import read_checkpoint
 
     original = read_checkpoint(result.model_path)

@@ -109,7 +109,7 @@ def test_search_never_opens_the_test_split(smoke):
     assert leaked == []
 
 
-def test_trial_params_reach_training_and_mlflow(smoke):
+def test_trial_params_reach_training_and_mlflow(smoke, tmp_path):
     import mlflow
 
     root, _, _ = smoke
@@ -143,6 +143,21 @@ def test_trial_params_reach_training_and_mlflow(smoke):
     best = [r for r in runs if r.data.tags.get("best") == "true"]
     assert len(best) == 1 and best[0].data.tags["mlflow.parentRunId"] == parent
     assert {"test_aupro", "val_aupro"} <= set(best[0].data.metrics)
+    # The best trial's model is registered under an alias (not a stage), and it is that
+    # trial's model: its stored config holds the best loss weights.
+    summary = yaml.safe_load((root / "store" / "smoke" / "best.yaml").read_text())["best"]
+    assert summary["brick"]["registered_model"] == "models:/default-brick-resnet18-sk@best-smoke"
+    version = client.get_model_version_by_alias("default-brick-resnet18-sk", "best-smoke")
+    assert version.tags["search"] == "smoke" and version.run_id == best[0].info.run_id
+    assert float(version.tags["val_aupro"]) == pytest.approx(summary["brick"]["val_aupro"])
+    from pipelines.mlflow_model import CHECKPOINT_FILE
+
+    local = mlflow.artifacts.download_artifacts(
+        summary["brick"]["registered_model"], dst_path=str(tmp_path)
+    )
+    stored = json.loads((Path(local) / "extra_files" / CHECKPOINT_FILE).read_text())
+    weights = {f"loss.{k}": stored["config"]["loss"][k] for k in ("alpha", "beta", "gamma")}
+    assert weights == pytest.approx(summary["brick"]["config"])
 
 
 def test_write_params_feeds_the_benchmark(smoke):
