@@ -51,14 +51,20 @@ def one_run(rev: str, scratch: Path, s3: str | None = None) -> dict:
     if s3:
         env.update(_to_s3(clone, s3))
     t0 = time.perf_counter()
-    sh([sys.executable, "-m", "dvc", "repro", "-q"], clone, env)
+    # `make demo`'s command; its console is counted in lines, as a user reads it in a log.
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=clone, env=env,
+                          capture_output=True, text=True)  # fmt: skip
     wall = time.perf_counter() - t0
+    if done.returncode:
+        raise SystemExit(f"dvc repro failed in {clone}:\n{done.stderr[-3000:]}")
+    console = (done.stdout + done.stderr).splitlines()
     metrics = json.loads((clone / "metrics.json").read_text())
     # What the run left in the clone (the git history aside), by top-level entry; the Ray
     # storage (results/ray) stands for what S3 would hold on a cluster.
     left = {p.name: _size(p) for p in clone.iterdir() if p.name != ".git"}
     left["results/ray"] = _size(clone / "results" / "ray")
-    run = {"rev": rev, "commit": commit, "wall_s": wall, "mean": metrics["mean"],
+    run = {"rev": rev, "commit": commit, "wall_s": wall, "console_lines": len(console),
+           "mean": metrics["mean"],
            "bytes_left": {k: v for k, v in sorted(left.items()) if v > 1e5}}  # fmt: skip
     if s3:
         run["s3_bytes"] = _bucket_bytes(s3)
@@ -127,6 +133,7 @@ def main() -> None:
             "commit": done[0]["commit"],
             "wall_s": [r["wall_s"] for r in done],
             "median_wall_s": statistics.median(r["wall_s"] for r in done),
+            "console_lines": [r["console_lines"] for r in done],
             "mean_metrics": done[0]["mean"],
             "same_metrics_every_round": all(r["mean"] == done[0]["mean"] for r in done),
             "bytes_left": done[-1]["bytes_left"],

@@ -26,7 +26,10 @@ def fold_batchnorm(module: nn.Module, inplace: bool = False) -> nn.Module:
     """
     module = (module if inplace else copy.deepcopy(module)).eval()
     convs = (nn.Conv2d, nn.ConvTranspose2d)
-    for parent in list(module.modules()):
+    # Only the modules that hold others: a list of every module would keep each replaced
+    # convolution alive to the end, a second copy of the weights at the peak.
+    parents = [m for m in module.modules() if next(m.children(), None) is not None]
+    for parent in parents:
         if isinstance(parent, nn.Sequential):
             items = list(parent)
             for i in range(len(items) - 1):
