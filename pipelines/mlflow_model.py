@@ -116,15 +116,16 @@ def save_model(
     mlflow_model.save(str(Path(path) / "MLmodel"))
 
 
-def log_model(checkpoint: Path, name: str) -> str:
+def log_model(checkpoint: Path, name: str, state: dict[str, Any] | None = None) -> str:
     """An skrd4ad checkpoint as an MLflow model named ``name`` in the active run; returns
-    the model's URI. MLflow checks at logging that the pyfunc predicts on the example."""
+    the model's URI. ``state``: the checkpoint already read, not read again. MLflow checks
+    at logging that the pyfunc predicts on the example."""
     from mlflow.models import Model
 
     from skrd4ad.checkpoint import load_model
     from skrd4ad.inference import AnomalyDetector
 
-    model, state = load_model(checkpoint)
+    model, state = load_model(checkpoint, state=state)
     rest = {k: v for k, v in state.items() if k not in WEIGHTS}
     size = int(rest["config"]["train"]["image_size"])
     detector = AnomalyDetector(model, size).eval()

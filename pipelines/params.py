@@ -40,12 +40,16 @@ def tracking_uri(configured: str | None) -> str:
 LOCAL_UI = "http://127.0.0.1:5000"
 
 
+def ui_base(tracking: str) -> str:
+    """The MLflow UI's address: the tracking server itself, else `mlflow ui`'s."""
+    return tracking.rstrip("/") if tracking.startswith(("http://", "https://")) else LOCAL_UI
+
+
 def experiment_url(tracking: str, experiment_id: str) -> str:
     """An experiment's page in the MLflow UI, on its training runs: MLflow 3's UI opens in
     its GenAI view unless the page's address names the workflow (its experimentKind tag
     does not decide it)."""
-    base = tracking.rstrip("/") if tracking.startswith(("http://", "https://")) else LOCAL_UI
-    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
+    return f"{ui_base(tracking)}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 def load_params(path: Path | None = None) -> dict[str, Any]:

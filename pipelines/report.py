@@ -10,7 +10,7 @@ from pathlib import Path
 from skrd4ad.atomic import atomic_write_text
 from skrd4ad.results import METRIC_KEYS, METRIC_LABELS
 
-from .params import LOCAL_UI, load_params, stage_parser, tracking_uri
+from .params import load_params, stage_parser, tracking_uri, ui_base
 from .published import TABLES, VAD_IMAGE_AUROC
 
 
@@ -157,7 +157,7 @@ def _print_summary(metrics: dict, report: Path, mlflow_uri: str, run: dict | Non
     console.print(table)
     # The experiment's page on its training runs (MLflow 3's UI opens on GenAI otherwise).
     server = mlflow_uri.startswith(("http://", "https://"))
-    page = run["url"] if run else (mlflow_uri if server else LOCAL_UI)
+    page = run["url"] if run else ui_base(mlflow_uri)
     ui = "" if server else f"mlflow ui --backend-store-uri {mlflow_uri} --port 5000, then "
     console.print(
         f"Next: the report is {report}\n"

@@ -688,8 +688,9 @@ def register_best(
     with stored.as_directory() as folder:
         for cat in entry["test"]:
             path = Path(folder) / cat / LAST
-            model = model_name(dataset, cat, read_checkpoint(path)["config"])
-            register(log_model(path, model), model, alias, tags)
+            state = read_checkpoint(path)
+            model = model_name(dataset, cat, state["config"])
+            register(log_model(path, model, state), model, alias, tags)
             out[cat] = f"models:/{model}@{alias}"
     return out
 
