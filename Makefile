@@ -23,8 +23,9 @@ data: setup
 
 # The full benchmark (params.yaml): every category through Ray Train, tracked in MLflow;
 # its last stage prints the per-category table and where to look next (report.md, MLflow).
+# -q: DVC's own stage headers and git hints are left out; the stages' lines and errors stay.
 demo: data
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro -q
 
 # Without Ray / DVC / MLflow: the core package alone, one model per category.
 demo-single: setup

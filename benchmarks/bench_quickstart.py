@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.servers: moto's S3
 from _common import write_result  # noqa: E402
 
+from tests.makefile import dvc_command  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "quickstart"
 
@@ -51,8 +53,9 @@ def one_run(rev: str, scratch: Path, s3: str | None = None) -> dict:
     if s3:
         env.update(_to_s3(clone, s3))
     t0 = time.perf_counter()
-    # `make demo`'s command; its console is counted in lines, as a user reads it in a log.
-    done = subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=clone, env=env,
+    # `make demo`'s command, read from this checkout's Makefile; its console is counted in
+    # lines, as a user reads it in a log.
+    done = subprocess.run(dvc_command("demo"), cwd=clone, env=env,
                           capture_output=True, text=True)  # fmt: skip
     wall = time.perf_counter() - t0
     if done.returncode:

@@ -95,6 +95,7 @@ class Tracker:
         self.ok = True
         self.parent = None
         self.experiment = experiment
+        self.pending: dict[str, list] = {}
         uri = tracking_uri(configured)
         try:
             if uri.startswith(("http://", "https://")):
@@ -120,6 +121,7 @@ class Tracker:
         """A tracker that records nothing (a Train run's tests, tools without MLflow)."""
         tracker = cls.__new__(cls)
         tracker.ok, tracker.parent, tracker.experiment = False, None, ""
+        tracker.pending = {}
         return tracker
 
     def where(self) -> dict[str, str] | None:
@@ -176,15 +178,27 @@ class Tracker:
             return None
 
     def log_epoch(self, run_id: Any, metrics: dict[str, Any]) -> None:
-        """One epoch's report, logged as it arrives (step: the epoch)."""
+        """One epoch's report, logged as it arrives (step: the epoch). MLflow's own
+        asynchronous logging writes it: the Tune callback calling this returns at once
+        instead of holding the driver's event loop for the store (a second and more on a
+        busy machine); :meth:`_drain` waits for it before the run is closed."""
         if not self.ok or run_id is None:
             return
         try:
             values = {k: v for k, v in metrics.items() if k != "epoch"}
             batch = _metrics(values, int(metrics["epoch"]))
-            self.mlflow.MlflowClient().log_batch(run_id, metrics=batch)
+            client = self.mlflow.MlflowClient()
+            operation = client.log_batch(run_id, metrics=batch, synchronous=False)
+            self.pending.setdefault(run_id, []).append(operation)
         except Exception as exc:  # noqa: BLE001
             self.fail(exc)
+
+    def _drain(self, run_id: Any = None) -> None:
+        """Wait for the epochs logged asynchronously to ``run_id`` (all runs: None); an
+        error of theirs is raised here."""
+        for run in [run_id] if run_id is not None else list(self.pending):
+            for operation in self.pending.pop(run, []):
+                operation.wait()
 
     def finish_child(
         self, run_id: Any, final: dict[str, float], tags: dict, folder: Path,
@@ -201,6 +215,7 @@ class Tracker:
             return None
         mlflow = self.mlflow
         try:
+            self._drain(run_id)
             client = mlflow.MlflowClient()
             for k, v in tags.items():
                 client.set_tag(run_id, k, json.dumps(v) if isinstance(v, list | dict) else str(v))
@@ -220,6 +235,7 @@ class Tracker:
         if not self.ok or run_id is None:
             return
         try:
+            self._drain(run_id)
             client = self.mlflow.MlflowClient()
             client.set_tag(run_id, "error", error[:5000])
             client.set_terminated(run_id, status="FAILED")
@@ -232,6 +248,7 @@ class Tracker:
         if not self.ok or self.parent is None:
             return
         try:
+            self._drain()
             self.mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None and v == v})
             self.mlflow.log_artifact(str(artifact))
             self.mlflow.end_run()
@@ -243,6 +260,7 @@ class Tracker:
         if not self.ok or self.parent is None:
             return
         try:
+            self._drain()
             self.mlflow.end_run(status="KILLED")
         except Exception as exc:  # noqa: BLE001
             self.fail(exc)

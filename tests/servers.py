@@ -42,6 +42,21 @@ def _wait(check, what: str, log: Path, timeout: float = 120, process=None) -> No
     raise RuntimeError(f"{what} did not start: {log.read_text()[-3000:]}")
 
 
+def kill_family(pid: int, timeout: float = 60) -> None:
+    """SIGKILL a process and every process under it, as a lost machine would; one that
+    ends of itself between the listing and its signal is already what was asked for."""
+    import psutil
+
+    root = psutil.Process(pid)
+    family = [root, *root.children(recursive=True)]
+    for p in family:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=timeout)
+
+
 def start_moto(folder: Path, bucket: str) -> tuple[subprocess.Popen, str]:
     """moto's S3 server with ``bucket``; returns the process and its endpoint."""
     port, log = free_port(), folder / "moto.log"
@@ -198,17 +213,7 @@ class RayCluster:
 
     def kill(self, name: str) -> None:
         """The node dies at once, as a lost machine would: every process of it."""
-        import psutil
-
-        node = self.nodes.pop(name)
-        root = psutil.Process(node.process.pid)
-        family = [root, *root.children(recursive=True)]
-        for p in family:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(family, timeout=30)
+        kill_family(self.nodes.pop(name).process.pid, timeout=30)
 
     def stop(self) -> None:
         """Every node's processes killed, then `ray stop`, as a user ends a cluster: it

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from makefile import dvc_command
+from servers import browse, kill_family, start_mlflow_ui
 
 from pipelines.params import LOCAL_UI
 from pipelines.report import EXP_SHOW
@@ -43,9 +45,9 @@ def sh(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.C
     return done
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
+def new_project(root: Path, small: dict[str, dict]) -> dict[str, str]:
+    """A git checkout of the pipeline at ``root`` with params.yaml updated by ``small``
+    (section: values); returns the environment a user's shell gives it."""
     for item in COPY:
         src = REPO / item
         dst = root / item
@@ -55,17 +57,12 @@ def project(tmp_path_factory):
         else:
             shutil.copy(src, dst)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["dataset"]["categories"] = ["brick", "gravel"]
-    params["default_dataset"].update(
-        image_size=64, crop_size=128, n_train=8, n_test_good=2, n_test_defect=1
-    )
-    params["train"].update(epochs=2, batch_size=8, image_size=64, val_every=1, checkpoint_every=1)
-    params["ray"]["num_cpus"] = 2
+    for section, values in small.items():
+        params[section].update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "RAY_AUTH_MODE": "disabled",
         "PYTHONPATH": str(root),
     }
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -75,6 +72,25 @@ def project(tmp_path_factory):
         ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"],
     ):
         sh(cmd, root, env)
+    return env
+
+
+# The embedded default dataset, smaller: the same stages at a fraction of the time.
+SMALL_DATA = {"image_size": 64, "crop_size": 128, "n_train": 8, "n_test_good": 2,
+              "n_test_defect": 1}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    env = new_project(root, {
+        "dataset": {"categories": ["brick", "gravel"]},
+        "default_dataset": SMALL_DATA,
+        "train": {"epochs": 2, "batch_size": 8, "image_size": 64, "val_every": 1,
+                  "checkpoint_every": 1},
+        "ray": {"num_cpus": 2},
+    })  # fmt: skip
+    env["RAY_AUTH_MODE"] = "disabled"
     done = sh([sys.executable, "-m", "dvc", "repro"], root, env)
     repro_log(root).write_text(done.stdout + done.stderr)
     return root, env
@@ -155,13 +171,29 @@ def test_dvc_repro_writes_metrics_plots_and_report(project):
     log = repro_log(root).read_text()
     assert "Failed to query Ray Train Controller" not in log
     assert "categories failed" not in log
-    # The console of the whole pipeline: short, and none of the libraries' noise. 22 of its
-    # lines are DVC's own (stage headers, lock files, its git and push hints).
-    assert len(log.splitlines()) < 45, log
-    for noise in ("SADeprecationWarning", "noload", "pickle", "INFO", "TrainingReport("):
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in log and "┃ category" in log
+
+
+def test_the_quick_start_console_is_short(tmp_path):
+    """`make demo`'s own dvc command (read from the Makefile) on params.yaml's categories
+    and epochs, as a user's shell runs it (Ray's token auth on), on smaller images: its
+    console is under 40 lines, with none of the libraries' noise."""
+    root = tmp_path / "quickstart"
+    env = new_project(root, {"default_dataset": SMALL_DATA,
+                             "train": {"batch_size": 8, "image_size": 64}})  # fmt: skip
+    env.pop("RAY_AUTH_MODE", None)
+    done = sh(dvc_command("demo"), root, env)
+    log = done.stdout + done.stderr
+    (tmp_path / "console.log").write_text(log)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    categories = json.loads((root / "metrics.json").read_text())["categories"]
+    assert len(categories) == 3 and params["train"]["epochs"] == 10  # the quick start's
+    assert len(log.splitlines()) < 40, log
+    for noise in ("SADeprecationWarning", "noload", "pickle", "INFO", "TrainingReport(",
+                  "performance bottleneck", "Running stage", "git add"):  # fmt: skip
         assert noise not in log, noise
     assert log.count("'data' is empty") <= 1
-    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in log and "┃ category" in log
+    assert "┃ category" in log and "Next: the report is report.md" in log
 
 
 def test_mlflow_parent_and_nested_runs(project, tmp_path):
@@ -219,7 +251,6 @@ def test_mlflow_ui_opens_the_benchmark_on_its_training_runs(project, tmp_path):
     """The page the end of `dvc repro` names, in a real browser (headless Chromium) on
     `mlflow ui`: the experiment's training runs with the benchmark's run (MLflow 3's UI
     opens on GenAI traces otherwise). The screenshot is kept in test-artifacts/."""
-    from servers import browse, start_mlflow_ui
 
     chromium = shutil.which("chromium")
     if chromium is None:  # CI installs it (.ci/run); a laptop may not have it
@@ -366,8 +397,6 @@ def test_a_killed_driver_reruns_into_the_same_runs(project, tmp_path):
     """SIGKILL of the stage's driver and all it started (a lost head node), once one
     category has finished and the other has checkpointed; the same command again reuses the
     finished one and resumes the other from its checkpoint, not from epoch 0."""
-    import psutil
-
     root, env = project
     storage = root / "results" / "ray"
     before = {p.name for p in storage.iterdir()}
@@ -384,10 +413,7 @@ def test_a_killed_driver_reruns_into_the_same_runs(project, tmp_path):
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the stage ended before the kill"
-    family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    for p in family:
-        p.kill()
-    psutil.wait_procs(family, timeout=60)
+    kill_family(proc.pid)
     (finished,) = [r.split("-")[0] for r, v in state.items() if v == "final"]
     (unfinished,) = [r.split("-")[0] for r, v in state.items() if v == "epoch"]
     try:
