@@ -43,14 +43,16 @@ def save_checkpoint(path: Path, model: SKRD4AD, **extra: Any) -> None:
     atomic_write(Path(path), lambda f: f.write(buf.getvalue()))
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
+def read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint's contents; ``mmap``: its tensors mapped from the file, read from disk
+    only when used (its settings without its weights in memory)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint {path} does not exist; pass a file written by skrd4ad train"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same here
         raise CheckpointError(
             f"{path} is not an skrd4ad checkpoint ({load_problem(path, exc)}); pass a .pt file "
@@ -78,40 +80,51 @@ def stored_config(state: dict[str, Any]) -> Config:
         raise CheckpointError(f"{exc}; the checkpoint is damaged or from another program") from exc
 
 
+def check_backbone(path: Path, state: dict[str, Any], expected: str | None) -> None:
+    """A clear error unless the checkpoint at ``path`` holds the ``expected`` backbone."""
+    backbone = state["backbone"]
+    if expected is not None and expected != backbone:
+        raise CheckpointError(
+            f"checkpoint {path} holds a {backbone} model, not {expected}; "
+            f"pass --backbone {backbone} or a checkpoint trained with {expected}"
+        )
+
+
 def load_model(
     path: Path, expect_backbone: str | None = None, state: dict | None = None
 ) -> tuple[SKRD4AD, dict[str, Any]]:
-    """Rebuild the model stored in a checkpoint (eval mode, CPU)."""
+    """Rebuild the model stored in a checkpoint (eval mode, CPU); returns it and the
+    checkpoint's other entries (its settings, threshold, epoch).
+
+    The model's tensors are the ones read, assigned rather than copied into a second set,
+    and the returned entries hold no reference to them: the weights are in memory once,
+    and what BatchNorm folding replaces is freed (BENCHMARKS.md, "Predicting on a CPU")."""
     state = state if state is not None else read_checkpoint(path)
+    check_backbone(path, state, expect_backbone)
     backbone = state["backbone"]
-    if expect_backbone is not None and expect_backbone != backbone:
-        raise CheckpointError(
-            f"checkpoint {path} holds a {backbone} model, not {expect_backbone}; "
-            f"pass --backbone {backbone} or a checkpoint trained with {expect_backbone}"
-        )
     model = _empty_model(backbone, {int(k): v for k, v in state["skip"].items()})
     try:
         for part in _PARTS:
-            getattr(model, part).load_state_dict(state[part])
+            getattr(model, part).load_state_dict(state[part], assign=True)
     except RuntimeError as exc:
         raise CheckpointError(
             f"checkpoint {path} does not fit a {backbone} SK-RD4AD model "
             f"({str(exc).splitlines()[0]}); it is damaged or from another program"
         ) from exc
-    return model.eval(), state
+    return model.eval(), {k: v for k, v in state.items() if k not in _PARTS}
 
 
 def _empty_model(backbone: str, skip: dict[int, str]) -> SKRD4AD:
-    """The model's modules with uninitialised CPU tensors, for a checkpoint to fill.
+    """The model's modules on the meta device (no memory), for a checkpoint's tensors to
+    be assigned to.
 
-    Built on the meta device instead of initialised at random and overwritten, which
-    took most of a load (benchmarks/bench_load.py, BENCHMARKS.md). Falls back to a normal
-    build if the model ever holds a tensor the checkpoint's parts do not (it would stay
-    uninitialised)."""
+    Not initialised at random and overwritten, which took most of a load
+    (benchmarks/bench_load.py, BENCHMARKS.md). Falls back to a normal build if the model
+    ever holds a tensor the checkpoint's parts do not (it would stay on the meta device)."""
     with torch.device("meta"):
         model = build_model(backbone, teacher_weights="none", skip=skip)
     held = {f"{p}.{k}" for p in _PARTS for k in getattr(model, p).state_dict()}
     tensors = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
     if tensors != held:
         return build_model(backbone, teacher_weights="none", skip=skip)
-    return model.to_empty(device="cpu")
+    return model

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import shlex
 import sys
+import typing
 import warnings
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ TRAIN_REQUIRED = ("data.root", "train.out")
 def _add_runtime_flags(commands: Commands, name: str) -> None:
     """evaluate and predict: where and how to score (the checkpoint's precision unless
     given); the choices and help are the training settings'."""
-    from .config import SETTINGS
+    from .config import SETTINGS, Backend
 
     for key in ("runtime.device", "runtime.precision"):
         s = SETTINGS[key]
@@ -81,6 +82,12 @@ def _add_runtime_flags(commands: Commands, name: str) -> None:
     commands.flag(
         name, "--batch-size", type=_positive_int,
         default=SETTINGS["runtime.eval_batch_size"].default, help="images per batch",
+    )  # fmt: skip
+    commands.flag(
+        name, "--backend", choices=typing.get_args(Backend), default="auto",
+        help="what scores: onnxruntime runs the ONNX model `skrd4ad export --format onnx` "
+        "wrote beside the checkpoint, on the CPU in fp32; auto takes it when it is there "
+        "and current, else torch (BatchNorm folded)",
     )  # fmt: skip
 
 
@@ -319,6 +326,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
         curves=args.curves,
         backbone=args.backbone,
         train_fraction=args.train_fraction,
+        backend=args.backend,
     )
 
 
@@ -334,6 +342,7 @@ def _predict(args: argparse.Namespace) -> dict[str, Any]:
         device=args.device,
         batch_size=args.batch_size,
         precision=args.precision,
+        backend=args.backend,
     )
     return {
         "predictions": str(Path(args.out) / "predictions.csv"),

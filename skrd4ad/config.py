@@ -27,6 +27,8 @@ from .validation import check_choice, check_types
 Layout = Literal["auto", "mvtec", "vad", "folder"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16"]
+# What predict and evaluate score with (skrd4ad.onnx_predictor).
+Backend = Literal["auto", "torch", "onnxruntime"]
 CacheMode = Literal["auto", "on", "off"]
 Augment = Literal["none", "hflip"]
 Select = Literal["last", "best-val"]

@@ -31,20 +31,19 @@ def evaluate(
     backbone: str | None = None,
     train_fraction: float | None = None,
     precision: str | None = None,
+    backend: str = "auto",
 ) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on the test split; writes ``out/metrics.json`` atomically."""
+    """Evaluate ``checkpoint`` on the test split; writes ``out/metrics.json`` atomically.
+    ``backend``: see :func:`~skrd4ad.onnx_predictor.load_predictor`."""
     from .checkpoint import stored_config
-    from .inference import Predictor
+    from .onnx_predictor import load_predictor
 
     t_start = time.perf_counter()
     out = ensure_writable_dir(Path(out))
-    predictor = Predictor.from_checkpoint(
-        Path(checkpoint),
-        device=device,
-        precision=precision,
-        batch_size=batch_size,
-        expect_backbone=backbone,
-    )
+    predictor = load_predictor(
+        Path(checkpoint), backend=backend, device=device, precision=precision,
+        batch_size=batch_size, expect_backbone=backbone,
+    )  # fmt: skip
     cfg = stored_config(predictor.state)
     # The folder layout's train/test split must be the one the model was trained with.
     fraction = train_fraction if train_fraction is not None else cfg.data.train_fraction
@@ -71,6 +70,7 @@ def evaluate(
         "timings": {**timings, "total_s": time.perf_counter() - t_start},
         "device": str(predictor.device),
         "precision": predictor.precision,
+        "backend": predictor.backend,
         "notes": cat.notes,
     }
     result.update(_figures(out, ts, maps.cpu(), scores.cpu(), overlays, curves, metrics))

@@ -30,6 +30,7 @@ import torch
 from .atomic import atomic_output
 from .errors import UserError
 from .inference import INPUT_NAME, OUTPUT_NAMES, AnomalyDetector
+from .onnx_predictor import CHECKPOINT_SHA, checkpoint_sha256
 
 FORMATS = ("torchscript", "onnx")
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -44,6 +45,7 @@ def _metadata(state: dict[str, Any], image_size: int) -> dict[str, Any]:
         "input": "uint8 (N, 3, S, S) RGB, resized bilinear antialiased; no normalisation",
         "outputs": [f"{OUTPUT_NAMES[0]} float32 (N, S, S)", f"{OUTPUT_NAMES[1]} float32 (N,)"],
         "threshold": state.get("threshold"),
+        "threshold_precision": state.get("threshold_precision"),
         "backbone": cfg.model.backbone,
         "skip": cfg.model.skip,
         "category": cfg.data.category,
@@ -70,6 +72,9 @@ def export(checkpoint: Path, fmt: str, out: Path | None = None) -> Path:
     if out.resolve() == checkpoint.resolve():
         raise UserError(f"--out {out} would overwrite the checkpoint; choose another file")
     detector, meta = build_detector(checkpoint)
+    # Which checkpoint this is the model of: predict and evaluate use the ONNX file beside
+    # a checkpoint only when it names that checkpoint's bytes.
+    meta[CHECKPOINT_SHA] = checkpoint_sha256(checkpoint)
     size = meta["image_size"]
     example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
     # torch 2.9+ marks TorchScript and the TorchScript-based ONNX exporter deprecated; both

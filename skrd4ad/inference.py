@@ -72,6 +72,7 @@ class Predictor:
     runtime: Runtime
     image_size: int
     batch_size: int = 32
+    backend = "torch"  # what scores (skrd4ad.onnx_predictor has the other)
 
     @property
     def device(self) -> torch.device:

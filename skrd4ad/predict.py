@@ -14,6 +14,7 @@ from .atomic import atomic_write_text, ensure_writable_dir
 from .data.images import image_tensor, list_images
 from .errors import DataError, UserError
 from .inference import Predictor
+from .onnx_predictor import OnnxPredictor, load_predictor
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
@@ -34,7 +35,7 @@ def collect_images(inputs: list[Path]) -> list[Path]:
     return paths
 
 
-def _match_threshold_precision(predictor: Predictor, asked: str | None) -> None:
+def _match_threshold_precision(predictor: Predictor | OnnxPredictor, asked: str | None) -> None:
     """Score in the precision the checkpoint's threshold was chosen in, unless the user
     asked for another; then say that scores near the threshold may fall either side."""
     wanted = predictor.state.get("threshold_precision")
@@ -61,12 +62,13 @@ def predict(
     device: str = "auto",
     batch_size: int = 32,
     precision: str | None = None,
+    backend: str = "auto",
 ) -> list[dict[str, Any]]:
-    """Write ``out/predictions.csv`` (path, score, anomalous, threshold) and overlays."""
+    """Write ``out/predictions.csv`` (path, score, anomalous, threshold) and overlays
+    (``backend``: :func:`~skrd4ad.onnx_predictor.load_predictor`'s)."""
     out = ensure_writable_dir(Path(out))
-    predictor = Predictor.from_checkpoint(
-        Path(checkpoint), device=device, precision=precision, batch_size=batch_size
-    )
+    predictor = load_predictor(Path(checkpoint), backend=backend, device=device,
+                               precision=precision, batch_size=batch_size)  # fmt: skip
     if threshold is None:
         threshold = predictor.state.get("threshold")
         _match_threshold_precision(predictor, precision)

@@ -80,6 +80,22 @@ def tiny_config(data: Path, out: Path, **overrides):
     return Config().with_values({by_field[k]: v for k, v in base.items()})
 
 
+def model_with_batchnorm_statistics(seed: int = 0):
+    """A random resnet18 SK model whose BatchNorm layers have non-trivial statistics and
+    affine weights, so that folding them into the convolutions is exercised."""
+    from skrd4ad.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("resnet18", "none", "sk")
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
 def one_line_error(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
     """Run a console command that must fail on bad input: exit status 2, no traceback,
     and an error line last; returns that line."""

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import model_with_batchnorm_statistics
 
 from skrd4ad.checkpoint import save_checkpoint
 from skrd4ad.cli import run
@@ -13,7 +14,6 @@ from skrd4ad.config import Config
 from skrd4ad.errors import UserError
 from skrd4ad.export import build_detector, export
 from skrd4ad.inference import Predictor
-from skrd4ad.models import build_model
 
 SIZE = 64
 
@@ -22,14 +22,7 @@ SIZE = 64
 def checkpoint(tmp_path_factory):
     """A model with random weights and non-trivial BatchNorm statistics (so that the
     export's BatchNorm folding is exercised), saved as train would save it."""
-    torch.manual_seed(0)
-    model = build_model("resnet18", "none", "sk")
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 1.5)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
+    model = model_with_batchnorm_statistics()
     path = tmp_path_factory.mktemp("export") / "model.pt"
     config = Config().with_values(
         {"model.backbone": "resnet18", "train.image_size": SIZE, "data.category": "brick"}

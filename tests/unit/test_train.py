@@ -59,6 +59,23 @@ def test_random_teacher_is_stored_so_evaluation_needs_only_the_checkpoint(small_
         torch.testing.assert_close(model(x)[1][0], again(x)[1][0])
 
 
+def test_a_loaded_model_holds_its_weights_once(tmp_path):
+    """load_model assigns the tensors it read to the model (no second set), and what it
+    returns beside the model holds none of them: BatchNorm folding can free what it
+    replaces."""
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "model.pt", build_model("resnet18", "none", "sk"), threshold=1.0)
+    state = read_checkpoint(tmp_path / "model.pt")
+    read = {t.data_ptr() for part in ("teacher", "bottleneck", "decoder")
+            for t in state[part].values()}  # fmt: skip
+    model, rest = load_model(tmp_path / "model.pt", state=state)
+    tensors = [*model.parameters(), *model.buffers()]
+    assert all(t.device.type == "cpu" for t in tensors)
+    assert {t.data_ptr() for t in tensors} == read
+    assert rest["threshold"] == 1.0 and not set(rest) & {"teacher", "bottleneck", "decoder"}
+    assert not any(p.requires_grad for p in model.teacher.parameters())  # still frozen
+
+
 def test_resume_continues_at_the_right_epoch_with_the_same_optimizer(small_dataset, tmp_path):
     straight = fit(tiny_config(small_dataset, tmp_path / "a", epochs=4, val_fraction=0))
     fit(tiny_config(small_dataset, tmp_path / "b", epochs=2, val_fraction=0))
