@@ -8,7 +8,10 @@ same machine load:
 
 - ``anomalib``: ``ReverseDistillationModel(pre_trained=False)`` with its loss and its
   optimiser (Adam on bottleneck and decoder);
-- ``skrd4ad_none``: skrd4ad without skips (RD4AD, the like-for-like model);
+- ``skrd4ad_none``: skrd4ad without skips (RD4AD, the like-for-like model), with
+  SK-RD4AD's loss (cosine and the inter-scale consistency term);
+- ``skrd4ad_rd``: the same with RD4AD's loss, cosine only (``loss.gamma`` 0, as
+  anomalib's), for training only (inference is ``skrd4ad_none``'s);
 - ``skrd4ad_sk``: the published SK-RD4AD.
 
 Training is one step (forward through the frozen teacher, loss, backward, Adam) at batch
@@ -26,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,7 +39,13 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-MODELS = ("anomalib", "skrd4ad_none", "skrd4ad_sk")
+sys.path.insert(0, str(HERE))
+from _memory import peak_rss_mb  # noqa: E402
+
+MODELS = ("anomalib", "skrd4ad_none", "skrd4ad_rd", "skrd4ad_sk")
+# skrd4ad_<variant>: its skip topology and loss settings.
+VARIANTS = {"none": {"model.skip": "none"}, "sk": {"model.skip": "sk"},
+            "rd": {"model.skip": "none", "loss.alpha": 0.0, "loss.gamma": 0.0}}  # fmt: skip
 PLAN = (("train", 4), ("train", 16), ("infer", 1), ("infer", 16))
 
 
@@ -84,7 +92,7 @@ def _anomalib(task: str, x: torch.Tensor) -> tuple[Callable[[], object], dict]:
     return step, parts
 
 
-def _skrd4ad(task: str, x: torch.Tensor, skip: str) -> tuple[Callable[[], object], dict]:
+def _skrd4ad(task: str, x: torch.Tensor, variant: str) -> tuple[Callable[[], object], dict]:
     sys.path.insert(0, str(HERE))
     from _common import training_module
 
@@ -99,15 +107,19 @@ def _skrd4ad(task: str, x: torch.Tensor, skip: str) -> tuple[Callable[[], object
     size = x.shape[-1]
     if task == "infer":
         runtime = Runtime.create("cpu", "fp32")
+        skip = VARIANTS[variant]["model.skip"]
         model = runtime.setup(build_model("wide_resnet50_2", "none", skip), inference_only=True)
         parts = {"teacher": model.teacher, "bottleneck": model.bottleneck,
                  "decoder": model.decoder}  # fmt: skip
 
         # predict_maps's computation, phase by phase (on normalised float input, as
         # anomalib's model takes it), so that the profile names the map and the blur.
+        # The input in the model's memory layout, as predict_maps gives it.
+        inputs = x.contiguous(memory_format=torch.channels_last) if runtime.channels_last else x
+
         def infer() -> object:
             with torch.inference_mode():
-                teacher, student = model(x)
+                teacher, student = model(inputs)
                 with torch.profiler.record_function("anomaly map"):
                     raw = raw_anomaly_map(teacher, student, size)
                 with torch.profiler.record_function("blur"):
@@ -116,7 +128,7 @@ def _skrd4ad(task: str, x: torch.Tensor, skip: str) -> tuple[Callable[[], object
 
         return infer, parts
     args = argparse.Namespace(backbone="wide_resnet50_2", device="cpu", size=size)
-    module, opt, _ = training_module(args, **{"model.skip": skip})
+    module, opt, _ = training_module(args, **VARIANTS[variant])
     images = ((x - x.min()) / (x.max() - x.min()) * 255).to(torch.uint8)
     model = module.model
     parts = {"teacher": model.teacher, "bottleneck": model.bottleneck, "decoder": model.decoder}
@@ -193,7 +205,7 @@ def worker(model_name: str, task: str, batch: int, size: int, steps: int, profil
         "model": model_name, "task": task, "batch": batch, "steps": steps,
         "s_per_image": median / batch, "gflop_per_image": gflop,
         "achieved_gflop_s": gflop / (median / batch), "gflop_by_module": by_module,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }  # fmt: skip
     if profile:
@@ -253,6 +265,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for task, batch in PLAN:
             for name in args.only:
+                if name == "skrd4ad_rd" and task == "infer":  # the loss is training's only
+                    continue
                 python = args.anomalib_python if name == "anomalib" else sys.executable
                 run = _run(python, name, task, batch, args)
                 print(json.dumps(run), flush=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import model_parser, training_module, write_result  # noqa: E402
+from _memory import peak_rss_mb  # noqa: E402
 
 from skrd4ad import build_model  # noqa: E402
 from skrd4ad.feature_cache import build_cache  # noqa: E402
@@ -91,7 +91,7 @@ def worker(task: str, cached: bool, batch: int, args: argparse.Namespace) -> dic
         "s_per_image": median / batch,
         "gflop_per_step": flops / 1e9,
         "achieved_tflops": flops / median / 1e12,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
     if dev.type == "cuda":
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
