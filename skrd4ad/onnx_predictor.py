@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import sys
 import typing
 from dataclasses import dataclass
@@ -34,6 +35,11 @@ CHECKPOINT_SHA = "checkpoint_sha256"
 def checkpoint_sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def export_command(checkpoint: Path) -> list[str]:
+    """The command that writes ``checkpoint``'s ONNX model where predict looks for it."""
+    return ["skrd4ad", "export", "--checkpoint", str(checkpoint), "--format", "onnx"]
 
 
 def exported_beside(checkpoint: Path) -> Path:
@@ -85,7 +91,7 @@ def _why_not(checkpoint: Path, state: dict, device: str, precision: str | None) 
         )
     onnx_file = exported_beside(checkpoint)
     if not onnx_file.is_file():
-        return f"{onnx_file} does not exist (skrd4ad export --format onnx {checkpoint})"
+        return f"{onnx_file} does not exist (write it: {shlex.join(export_command(checkpoint))})"
     return None
 
 
@@ -134,7 +140,7 @@ def load_predictor(
         if reason is None:  # a stale export: said, since it is why scoring is slower
             reason = (
                 f"{exported_beside(checkpoint)} was exported from another checkpoint than "
-                f"{checkpoint} (export it again: skrd4ad export --format onnx {checkpoint})"
+                f"{checkpoint} (export it again: {shlex.join(export_command(checkpoint))})"
             )
             if backend == "auto":
                 print(f"skrd4ad: warning: scoring with torch: {reason}", file=sys.stderr)

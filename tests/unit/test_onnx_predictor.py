@@ -6,18 +6,25 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 
 import pytest
 import torch
 from conftest import SKRD4AD, model_with_batchnorm_statistics, one_line_error
 
 from skrd4ad.checkpoint import save_checkpoint
+from skrd4ad.cli import run
 from skrd4ad.config import Config
 from skrd4ad.errors import UserError
 from skrd4ad.evaluate import evaluate
 from skrd4ad.export import export
 from skrd4ad.inference import Predictor
-from skrd4ad.onnx_predictor import OnnxPredictor, exported_beside, load_predictor
+from skrd4ad.onnx_predictor import (
+    OnnxPredictor,
+    export_command,
+    exported_beside,
+    load_predictor,
+)
 from skrd4ad.predict import predict
 
 pytest.importorskip("onnxruntime")
@@ -88,7 +95,7 @@ def test_an_export_of_another_checkpoint_is_never_used(exported, tmp_path, capsy
     predictor = load_predictor(checkpoint, device="cpu")
     assert isinstance(predictor, Predictor) and predictor.state["threshold"] == 2.5
     assert "exported from another checkpoint" in capsys.readouterr().err
-    with pytest.raises(UserError, match="export it again: skrd4ad export --format onnx"):
+    with pytest.raises(UserError, match="export it again: skrd4ad export --checkpoint"):
         load_predictor(checkpoint, backend="onnxruntime", device="cpu")
 
 
@@ -101,8 +108,15 @@ def test_onnxruntime_by_name_says_what_is_missing(tmp_path, exported):
     with pytest.raises(UserError, match="bf16"):
         load_predictor(exported, backend="onnxruntime", device="cpu", precision="bf16")
     line = one_line_error([*SKRD4AD, "predict", str(checkpoint), str(tmp_path), "--out",
-                           str(tmp_path / "p"), "--backend", "onnxruntime"], tmp_path)  # fmt: skip
-    assert "skrd4ad export --format onnx" in line and str(checkpoint) in line
+                           str(tmp_path / "p"), "--backend", "onnxruntime", "--device", "cpu"],
+                          tmp_path)  # fmt: skip
+    # The command the error names is the fix: after it, ONNX Runtime scores.
+    fix = export_command(checkpoint)
+    assert shlex.join(fix) in line
+    assert run(fix[1:]) == 0
+    assert isinstance(
+        load_predictor(checkpoint, backend="onnxruntime", device="cpu"), OnnxPredictor
+    )
 
 
 def test_the_export_names_its_checkpoint(exported):
