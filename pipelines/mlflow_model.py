@@ -23,8 +23,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-# The checkpoint's parts an MLflow model holds as weights (the rest, JSON, beside them).
-WEIGHTS = ("teacher", "bottleneck", "decoder", "optimizer")
 CHECKPOINT_FILE = "skrd4ad_checkpoint.json"
 
 
@@ -125,8 +123,8 @@ def log_model(checkpoint: Path, name: str, state: dict[str, Any] | None = None) 
     from skrd4ad.checkpoint import load_model
     from skrd4ad.inference import AnomalyDetector
 
-    model, state = load_model(checkpoint, state=state)
-    rest = {k: v for k, v in state.items() if k not in WEIGHTS}
+    # The model holds the weights; the checkpoint's other entries go beside it as JSON.
+    model, rest = load_model(checkpoint, state=state)
     size = int(rest["config"]["train"]["image_size"])
     detector = AnomalyDetector(model, size).eval()
     # Pickle is chosen knowingly (see save_model): MLflow's warning about it is not for the

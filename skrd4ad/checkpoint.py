@@ -24,6 +24,9 @@ FORMAT = "skrd4ad-checkpoint"
 # 2: the config is stored in sections (skrd4ad.config); 1 stored it flat.
 VERSION = 2
 _PARTS = ("teacher", "bottleneck", "decoder")
+# A checkpoint's entries that hold tensors (last.pt adds the optimizer's); the others are
+# its settings and records, plain data.
+TENSOR_ENTRIES = (*_PARTS, "optimizer")
 
 
 def save_checkpoint(path: Path, model: SKRD4AD, **extra: Any) -> None:
@@ -94,7 +97,7 @@ def load_model(
     path: Path, expect_backbone: str | None = None, state: dict | None = None
 ) -> tuple[SKRD4AD, dict[str, Any]]:
     """Rebuild the model stored in a checkpoint (eval mode, CPU); returns it and the
-    checkpoint's other entries (its settings, threshold, epoch).
+    checkpoint's entries but its tensors (its settings, threshold, epoch).
 
     The model's tensors are the ones read, assigned rather than copied into a second set,
     and the returned entries hold no reference to them: the weights are in memory once,
@@ -111,7 +114,7 @@ def load_model(
             f"checkpoint {path} does not fit a {backbone} SK-RD4AD model "
             f"({str(exc).splitlines()[0]}); it is damaged or from another program"
         ) from exc
-    return model.eval(), {k: v for k, v in state.items() if k not in _PARTS}
+    return model.eval(), {k: v for k, v in state.items() if k not in TENSOR_ENTRIES}
 
 
 def _empty_model(backbone: str, skip: dict[int, str]) -> SKRD4AD:

@@ -57,7 +57,6 @@ class OnnxPredictor:
     state: dict[str, Any]
     image_size: int
     batch_size: int
-    path: Path
     device = torch.device("cpu")
     precision = "fp32"
     backend = "onnxruntime"
@@ -126,21 +125,21 @@ def load_predictor(
     used is an error that says why."""
     if backend not in BACKENDS:
         raise UserError(f"--backend must be one of {BACKENDS}, got {backend!r}")
-    checkpoint = Path(checkpoint)
-    if backend == "onnxruntime" or (backend == "auto" and exported_beside(checkpoint).is_file()):
+    checkpoint, onnx_file = Path(checkpoint), exported_beside(checkpoint)
+    if backend == "onnxruntime" or (backend == "auto" and onnx_file.is_file()):
         from .checkpoint import check_backbone, read_checkpoint, stored_config
 
         state = read_checkpoint(checkpoint, mmap=True)
         check_backbone(checkpoint, state, expect_backbone)
         reason = _why_not(checkpoint, state, device, precision)
-        session = None if reason else _session(exported_beside(checkpoint), checkpoint)
+        session = None if reason else _session(onnx_file, checkpoint)
         if session is not None:
             size = stored_config(state).train.image_size
-            return OnnxPredictor(session, state, size, batch_size, exported_beside(checkpoint))
+            return OnnxPredictor(session, state, size, batch_size)
         if reason is None:  # a stale export: said, since it is why scoring is slower
             reason = (
-                f"{exported_beside(checkpoint)} was exported from another checkpoint than "
-                f"{checkpoint} (export it again: {shlex.join(export_command(checkpoint))})"
+                f"{onnx_file} was exported from another checkpoint than {checkpoint} "
+                f"(export it again: {shlex.join(export_command(checkpoint))})"
             )
             if backend == "auto":
                 print(f"skrd4ad: warning: scoring with torch: {reason}", file=sys.stderr)

@@ -184,7 +184,6 @@ def test_the_quick_start_console_is_short(tmp_path):
     env.pop("RAY_AUTH_MODE", None)
     done = sh(dvc_command("demo"), root, env)
     log = done.stdout + done.stderr
-    (tmp_path / "console.log").write_text(log)
     params = yaml.safe_load((root / "params.yaml").read_text())
     categories = json.loads((root / "metrics.json").read_text())["categories"]
     assert len(categories) == 3 and params["train"]["epochs"] == 10  # the quick start's

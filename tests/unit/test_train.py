@@ -64,7 +64,9 @@ def test_a_loaded_model_holds_its_weights_once(tmp_path):
     returns beside the model holds none of them: BatchNorm folding can free what it
     replaces."""
     torch.manual_seed(0)
-    save_checkpoint(tmp_path / "model.pt", build_model("resnet18", "none", "sk"), threshold=1.0)
+    built = build_model("resnet18", "none", "sk")
+    optimizer = torch.optim.Adam(built.bottleneck.parameters()).state_dict()  # as last.pt
+    save_checkpoint(tmp_path / "model.pt", built, threshold=1.0, optimizer=optimizer)
     state = read_checkpoint(tmp_path / "model.pt")
     read = {t.data_ptr() for part in ("teacher", "bottleneck", "decoder")
             for t in state[part].values()}  # fmt: skip
@@ -72,7 +74,8 @@ def test_a_loaded_model_holds_its_weights_once(tmp_path):
     tensors = [*model.parameters(), *model.buffers()]
     assert all(t.device.type == "cpu" for t in tensors)
     assert {t.data_ptr() for t in tensors} == read
-    assert rest["threshold"] == 1.0 and not set(rest) & {"teacher", "bottleneck", "decoder"}
+    assert rest["threshold"] == 1.0
+    assert not set(rest) & {"teacher", "bottleneck", "decoder", "optimizer"}
     assert not any(p.requires_grad for p in model.teacher.parameters())  # still frozen
 
 
