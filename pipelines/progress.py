@@ -4,7 +4,8 @@ computed, and an ETA.
 
 On a terminal the rows are a live rich table; otherwise (a log file, CI, ``dvc repro``
 piped) each trial's epochs are plain lines, so a log reads as a history: about
-``LOG_LINES`` per trial, and one at least every ``LOG_EVERY_S`` seconds. Tune's own
+``LOG_LINES`` per trial, and a line at least every ``LOG_EVERY_S`` seconds while any
+trial reports (the log is never silent longer, however many categories run at once). Tune's own
 progress reporter prints every config and metric key in wide tables; this one shows only
 what a user watches a 200-epoch run for.
 """
@@ -35,7 +36,6 @@ class Row:
     objective: float | None = None
     epoch_s: list[float] = field(default_factory=list)
     started: float | None = None
-    logged: float = 0.0  # when its last epoch line went to a log
 
     def eta_s(self) -> float | None:
         """Remaining epochs at the mean epoch time so far."""
@@ -56,7 +56,7 @@ class Row:
 
 
 HEADERS = ["trial", "state", "epoch", "loss", "img/s", "val", "ETA"]
-# In a log, a trial's epoch lines: about this many per run, and one at least this often.
+# In a log: about this many epoch lines per trial, and a line at least this often.
 LOG_LINES, LOG_EVERY_S = 5, 60.0
 
 
@@ -76,6 +76,7 @@ class Progress(tune.Callback):
         self.out = out or sys.stderr
         self.rows: dict[str, Row] = {}
         self.live: Any = None
+        self.logged = time.monotonic()  # when the last line went to a log
         if self.out.isatty():
             from rich.console import Console
             from rich.live import Live
@@ -95,7 +96,6 @@ class Progress(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self.row(trial)
         row.state, row.started = "running", time.monotonic()
-        row.logged = row.started
         self._show(row, "started")
 
     def on_trial_result(
@@ -147,15 +147,18 @@ class Progress(tune.Callback):
                 self.live.start()
             self.live.update(self._table(), refresh=True)
             return
+        now = time.monotonic()
         if event is not None:
+            self.logged = now
             print(f"{row.name}: {event}", file=self.out or sys.stderr, flush=True)
             return
-        # A log reads as a history, not one line per epoch of a 200-epoch run.
-        step, now = -(-row.epochs // LOG_LINES), time.monotonic()
-        due = row.epoch % step == 0 or row.epoch >= row.epochs or now - row.logged >= LOG_EVERY_S
+        # A log reads as a history, not one line per epoch of a 200-epoch run; a silence
+        # of a minute is broken by whichever trial reports next, not by each of them.
+        step = -(-row.epochs // LOG_LINES)
+        due = row.epoch % step == 0 or row.epoch >= row.epochs or now - self.logged >= LOG_EVERY_S
         if not due:
             return
-        row.logged = now
+        self.logged = now
         cells = dict(zip(HEADERS, row.cells(), strict=True))
         text = f"{row.name}: epoch {cells['epoch']} loss {cells['loss']}"
         text += f" ({cells['img/s']} img/s)" if cells["img/s"] else ""

@@ -71,6 +71,28 @@ def test_a_log_gets_about_five_epoch_lines_per_trial_and_one_a_minute(monkeypatc
     assert epochs == ["2/10", "4/10", "6/10", "7/10", "8/10", "10/10"]
 
 
+def test_a_silent_minute_gets_one_line_not_one_per_trial(monkeypatch):
+    """Three categories whose first epochs end over a minute after they started: the log
+    gets one line for the silence (the first to report), then each trial's due lines."""
+    import pipelines.progress as progress
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    out = Log()
+    view = Progress(lambda trial: (trial.trial_id, 10), out=out)
+    trials = [SimpleNamespace(trial_id=name, config={}) for name in ("a", "b", "c")]
+    for trial in trials:
+        view.on_trial_start(0, [], trial)
+    clock[0] += 70.0
+    for epoch in (1, 2):
+        for trial in trials:
+            clock[0] += 0.5
+            view.on_trial_result(0, [], trial, {"epoch": epoch, "loss": 0.5, "epoch_s": 1.0})
+    epochs = [line.split()[0] + line.split()[2] for line in out.getvalue().splitlines()
+              if " epoch " in line]  # fmt: skip
+    assert epochs == ["a:1/10", "a:2/10", "b:2/10", "c:2/10"]
+
+
 def test_a_terminal_gets_one_live_row_per_trial():
     out = Terminal()
     _run(Progress(_describe, out=out))
