@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -80,20 +81,30 @@ SMALL_DATA = {"image_size": 64, "crop_size": 128, "n_train": 8, "n_test_good": 2
               "n_test_defect": 1}  # fmt: skip
 
 
+# The quick start as `make demo` runs it (params.yaml's categories and epochs) on smaller
+# images; the tests below read its outputs or run again on its prepared data.
+QUICK_START = {"default_dataset": SMALL_DATA, "train": {"batch_size": 8, "image_size": 64}}
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
+    """`make demo`'s own dvc command (read from the Makefile) in a fresh project, as a
+    user's shell runs it (Ray's token auth on)."""
     root = tmp_path_factory.mktemp("project")
-    env = new_project(root, {
-        "dataset": {"categories": ["brick", "gravel"]},
-        "default_dataset": SMALL_DATA,
-        "train": {"epochs": 2, "batch_size": 8, "image_size": 64, "val_every": 1,
-                  "checkpoint_every": 1},
-        "ray": {"num_cpus": 2},
-    })  # fmt: skip
-    env["RAY_AUTH_MODE"] = "disabled"
-    done = sh([sys.executable, "-m", "dvc", "repro"], root, env)
+    env = new_project(root, QUICK_START)
+    env.pop("RAY_AUTH_MODE", None)
+    done = sh(dvc_command("demo"), root, env)
     repro_log(root).write_text(done.stdout + done.stderr)
     return root, env
+
+
+def quick_start() -> tuple[list[str], int]:
+    """The categories and epochs params.yaml gives the quick start."""
+    from skrd4ad.data import DEFAULT_CATEGORIES
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert params["dataset"]["categories"] == "all"
+    return list(DEFAULT_CATEGORIES), int(params["train"]["epochs"])
 
 
 def repro_log(root: Path) -> Path:
@@ -102,12 +113,13 @@ def repro_log(root: Path) -> Path:
 
 def test_dvc_repro_writes_metrics_plots_and_report(project):
     root, env = project
+    categories, epochs = quick_start()
     metrics = json.loads((root / "metrics.json").read_text())
-    assert metrics["failed"] == {} and set(metrics["categories"]) == {"brick", "gravel"}
+    assert metrics["failed"] == {} and set(metrics["categories"]) == set(categories)
     # metrics.json holds accuracy only; how and where each category ran is in runs.json.
     assert set(metrics) == {"dataset", "categories", "mean", "failed"}
     runs = json.loads((root / "results" / "runs.json").read_text())
-    for cat in ("brick", "gravel"):
+    for cat in categories:
         assert set(metrics["categories"][cat]) == set(METRIC_KEYS)
         m = {**metrics["categories"][cat], **runs["categories"][cat]}
         assert all(0 <= m[k] <= 1 for k in METRIC_KEYS)
@@ -121,8 +133,9 @@ def test_dvc_repro_writes_metrics_plots_and_report(project):
         assert json.loads((stored.parent / "model.json").read_text()) == model
         assert not list(storage.glob(f"{cat}-*/**/model.pt"))
         assert (root / "results" / "benchmark" / cat / "eval" / "metrics.json").is_file()
-        # 2 CPUs over 2 categories: a share of 1 CPU, so threads_per_worker auto = 2
-        assert m["torch_threads"] == min(2, len(os.sched_getaffinity(0)))
+        # threads_per_worker auto: twice the worker's CPU share, rounded up
+        want = math.ceil(2 * m["resources"]["CPU"] - 1e-9)
+        assert m["torch_threads"] == min(want, len(os.sched_getaffinity(0)))
         # Where it ran: the rank-0 worker's Ray node, in metrics.json and results/.
         placement = json.loads(
             (root / "results" / "benchmark" / cat / "placement.json").read_text()
@@ -131,7 +144,7 @@ def test_dvc_repro_writes_metrics_plots_and_report(project):
         assert m["host"] == placement["host"] == socket.gethostname()
     mean = metrics["mean"]["aupro"]
     assert mean == pytest.approx(
-        sum(metrics["categories"][c]["aupro"] for c in ("brick", "gravel")) / 2
+        sum(metrics["categories"][c]["aupro"] for c in categories) / len(categories)
     )
     assert set(metrics["mean"]) == set(METRIC_KEYS)
     report = (root / "report.md").read_text()
@@ -143,13 +156,13 @@ def test_dvc_repro_writes_metrics_plots_and_report(project):
         assert section in report, section
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
     assert "results/plots/loss.png" in links and "results/plots/per_category.png" in links
-    assert sum("/eval/overlays/top_00_" in link for link in links) == 2
+    assert sum("/eval/overlays/top_00_" in link for link in links) == len(categories)
     assert all((root / link).is_file() for link in links)
     assert f"`{runs['data_version']}`" in report and "backbone: resnet18" in report
     bars = (root / "results" / "plots" / "per_category.csv").read_text().splitlines()
     assert bars[0] == ",".join(["category", *METRIC_KEYS])
     loss = (root / "results" / "plots" / "loss.csv").read_text().splitlines()
-    assert loss[0] == "category,epoch,loss" and len(loss) == 1 + 2 * 2
+    assert loss[0] == "category,epoch,loss" and len(loss) == 1 + len(categories) * epochs
     shown = sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env).stdout
     assert all(k in shown for k in METRIC_KEYS)
     plots = json.loads(
@@ -174,19 +187,12 @@ def test_dvc_repro_writes_metrics_plots_and_report(project):
     assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in log and "┃ category" in log
 
 
-def test_the_quick_start_console_is_short(tmp_path):
-    """`make demo`'s own dvc command (read from the Makefile) on params.yaml's categories
-    and epochs, as a user's shell runs it (Ray's token auth on), on smaller images: its
-    console is under 40 lines, with none of the libraries' noise."""
-    root = tmp_path / "quickstart"
-    env = new_project(root, {"default_dataset": SMALL_DATA,
-                             "train": {"batch_size": 8, "image_size": 64}})  # fmt: skip
-    env.pop("RAY_AUTH_MODE", None)
-    done = sh(dvc_command("demo"), root, env)
-    log = done.stdout + done.stderr
-    params = yaml.safe_load((root / "params.yaml").read_text())
+def test_the_quick_start_console_is_short(project):
+    """The quick start's console is under 40 lines, with none of the libraries' noise."""
+    root, _ = project
+    log = repro_log(root).read_text()
     categories = json.loads((root / "metrics.json").read_text())["categories"]
-    assert len(categories) == 3 and params["train"]["epochs"] == 10  # the quick start's
+    assert len(categories) == 3 and quick_start()[1] == 10  # what the quick start runs
     assert len(log.splitlines()) < 40, log
     for noise in ("SADeprecationWarning", "noload", "pickle", "INFO", "TrainingReport(",
                   "performance bottleneck", "Running stage", "git add"):  # fmt: skip
@@ -206,8 +212,9 @@ def test_mlflow_parent_and_nested_runs(project, tmp_path):
     runs = mlflow.search_runs(experiment_names=["skrd4ad-benchmark"], output_format="list")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 2
-    assert {c.data.tags["category"] for c in children} == {"brick", "gravel"}
+    categories, epochs = quick_start()
+    assert len(parents) == 1 and len(children) == len(categories)
+    assert {c.data.tags["category"] for c in children} == set(categories)
     for c in children:
         assert c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert {"dataset", "git_commit", "dvc_data_hash"} <= set(c.data.tags)
@@ -220,8 +227,8 @@ def test_mlflow_parent_and_nested_runs(project, tmp_path):
         client = mlflow.tracking.MlflowClient()
         for series in ("loss", "images_per_s"):  # per-epoch values only, no final at step 0
             history = client.get_metric_history(c.info.run_id, series)
-            assert [h.step for h in history] == [1, 2], series
-        assert [h.step for h in client.get_metric_history(c.info.run_id, "aupro")] == [2]
+            assert [h.step for h in history] == list(range(1, epochs + 1)), series
+        assert [h.step for h in client.get_metric_history(c.info.run_id, "aupro")] == [epochs]
     assert {f"mean_{k}" for k in METRIC_KEYS} <= set(parents[0].data.metrics)
     import torch
 
@@ -402,7 +409,8 @@ def test_a_killed_driver_reruns_into_the_same_runs(project, tmp_path):
     # 2 CPUs per worker on the 2-CPU Ray: the categories train one after the other.
     stage = _stage_command(tmp_path, project, ["brick", "gravel"],
                            resources={"cpus_per_worker": 2, "max_failures": 0},
-                           train={"epochs": 4, "seed": 21})  # fmt: skip
+                           train={"epochs": 4, "seed": 21, "checkpoint_every": 1},
+                           ray={"num_cpus": 2})  # fmt: skip
     proc = subprocess.Popen(stage, cwd=root, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     deadline, state = time.monotonic() + 600, {}
@@ -464,7 +472,8 @@ def test_dvc_exp_run_compares_a_setting(project):
     assert EXP_SHOW in (REPO / "README.md").read_text()
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["skrd4ad-exp"], output_format="list")
-    assert len(runs) == 3 and {r.data.tags["dvc_experiment"] for r in runs} == {"other-setting"}
+    assert len(runs) == 1 + len(quick_start()[0])  # the benchmark's and each category's
+    assert {r.data.tags["dvc_experiment"] for r in runs} == {"other-setting"}
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.run_name == "benchmark-other-setting"
     assert len(parent.data.tags["dvc_baseline_rev"]) == 40
