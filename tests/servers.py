@@ -57,6 +57,30 @@ def kill_family(pid: int, timeout: float = 60) -> None:
     psutil.wait_procs(family, timeout=timeout)
 
 
+def stacks(pids: list[int]) -> str:
+    """Every Python thread's stack in the processes ``pids`` and all under them (py-spy,
+    which Ray installs), so that a hung run says where it waits."""
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for p in family:
+            try:
+                name, exe = " ".join(p.cmdline())[:160], p.name()
+            except psutil.Error:
+                continue
+            if exe in ("gcs_server", "raylet") or not ("python" in name or "ray::" in name):
+                continue  # Ray's C++ processes: py-spy reads Python stacks only
+            dump = subprocess.run([str(BIN / "py-spy"), "dump", "--pid", str(p.pid)],
+                                  capture_output=True, text=True, timeout=60)  # fmt: skip
+            out.append(f"--- {p.pid} {name}\n{dump.stdout or dump.stderr}")
+    return "\n".join(out)
+
+
 def start_moto(folder: Path, bucket: str) -> tuple[subprocess.Popen, str]:
     """moto's S3 server with ``bucket``; returns the process and its endpoint."""
     port, log = free_port(), folder / "moto.log"
@@ -210,6 +234,23 @@ class RayCluster:
             names = [r[len("node_") :] for r in node.resources_total if r.startswith("node_")]
             out[names[0] if names else "head"] = node.node_id
         return out
+
+    def diagnose(self) -> str:
+        """What a hung run waits on: Ray's live actors and placement groups, and the
+        stacks of every node's processes."""
+        from ray.util.state import list_actors, list_placement_groups
+
+        lines = []
+        try:
+            actors = list_actors(address=self.dashboard, filters=[("state", "!=", "DEAD")])
+            lines += [f"actor {a.class_name} {a.state} node={a.node_id}" for a in actors]
+            groups = list_placement_groups(address=self.dashboard, detail=True)
+            lines += [f"placement group {g.name} {g.state} {g.bundles}" for g in groups
+                      if g.state != "REMOVED"]  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - the state API may be what hangs
+            lines.append(f"Ray state API: {exc!r}")
+        pids = [n.process.pid for n in self.nodes.values()]
+        return "\n".join(lines) + "\n" + stacks(pids)
 
     def kill(self, name: str) -> None:
         """The node dies at once, as a lost machine would: every process of it."""
