@@ -333,7 +333,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def _predict(args: argparse.Namespace) -> dict[str, Any]:
     from .predict import predict
 
-    rows = predict(
+    done = predict(
         Path(args.checkpoint),
         [Path(p) for p in args.inputs],
         Path(args.out),
@@ -346,8 +346,9 @@ def _predict(args: argparse.Namespace) -> dict[str, Any]:
     )
     return {
         "predictions": str(Path(args.out) / "predictions.csv"),
-        "images": len(rows),
-        "anomalous": sum(r.get("anomalous") == "yes" for r in rows),
+        "images": len(done.rows),
+        "anomalous": sum(r.get("anomalous") == "yes" for r in done.rows),
+        "backend": done.backend,
     }
 
 

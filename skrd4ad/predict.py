@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,15 @@ from .data.images import image_tensor, list_images
 from .errors import DataError, UserError
 from .inference import Predictor
 from .onnx_predictor import OnnxPredictor, load_predictor
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What :func:`predict` wrote: a row per image (as in predictions.csv) and the backend
+    that scored them (``auto`` resolved: torch or onnxruntime)."""
+
+    rows: list[dict[str, Any]]
+    backend: str
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
@@ -63,7 +73,7 @@ def predict(
     batch_size: int = 32,
     precision: str | None = None,
     backend: str = "auto",
-) -> list[dict[str, Any]]:
+) -> Predictions:
     """Write ``out/predictions.csv`` (path, score, anomalous, threshold) and overlays
     (``backend``: :func:`~skrd4ad.onnx_predictor.load_predictor`'s)."""
     out = ensure_writable_dir(Path(out))
@@ -110,7 +120,7 @@ def predict(
             f"{len(paths)} were scored, and {out / 'predictions.csv'} gives each error "
             f"(the first: {first})"
         )
-    return rows
+    return Predictions(rows, predictor.backend)
 
 
 def _decode_all(paths: list[Path], size: int) -> tuple[list[Path], list[torch.Tensor], dict]:

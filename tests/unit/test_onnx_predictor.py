@@ -68,7 +68,7 @@ def test_auto_scores_with_the_export_beside_within_1e4(exported, small_dataset):
     torch.testing.assert_close(scores, expected_scores, atol=1e-4, rtol=1e-4)
 
 
-def test_evaluate_and_predict_say_and_agree(exported, small_dataset, tmp_path):
+def test_evaluate_and_predict_say_and_agree(exported, small_dataset, tmp_path, capsys):
     by = {b: evaluate(exported, small_dataset, "brick", tmp_path / b, device="cpu", backend=b)
           for b in ("auto", "torch")}  # fmt: skip
     assert by["auto"]["backend"] == "onnxruntime" and by["torch"]["backend"] == "torch"
@@ -77,11 +77,18 @@ def test_evaluate_and_predict_say_and_agree(exported, small_dataset, tmp_path):
     test_images = sorted((small_dataset / "brick" / "test").rglob("*.png"))[:3]
     scores = {}
     for b in ("onnxruntime", "torch"):
-        predict(exported, test_images, tmp_path / f"p-{b}", overlays=False, device="cpu",
-                backend=b)  # fmt: skip
+        done = predict(exported, test_images, tmp_path / f"p-{b}", overlays=False,
+                       device="cpu", backend=b)  # fmt: skip
+        assert done.backend == b and len(done.rows) == 3
         rows = csv.DictReader((tmp_path / f"p-{b}" / "predictions.csv").open())
         scores[b] = [float(r["score"]) for r in rows]
     assert scores["onnxruntime"] == pytest.approx(scores["torch"], abs=1e-4)
+    # The command's summary says which backend auto chose.
+    capsys.readouterr()
+    argv = ["predict", str(exported), *map(str, test_images), "--out", str(tmp_path / "cli")]
+    assert run([*argv, "--no-overlays", "--device", "cpu"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["backend"] == "onnxruntime" and summary["images"] == 3
 
 
 def test_an_export_of_another_checkpoint_is_never_used(exported, tmp_path, capsys):
