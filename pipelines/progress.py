@@ -35,7 +35,6 @@ class Row:
     images_per_s: float | None = None
     objective: float | None = None
     epoch_s: list[float] = field(default_factory=list)
-    started: float | None = None
 
     def eta_s(self) -> float | None:
         """Remaining epochs at the mean epoch time so far."""
@@ -95,7 +94,7 @@ class Progress(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self.row(trial)
-        row.state, row.started = "running", time.monotonic()
+        row.state = "running"
         self._show(row, "started")
 
     def on_trial_result(

@@ -42,19 +42,26 @@ def _wait(check, what: str, log: Path, timeout: float = 120, process=None) -> No
     raise RuntimeError(f"{what} did not start: {log.read_text()[-3000:]}")
 
 
+def family(pid: int) -> list:
+    """The process ``pid`` and every process under it (psutil processes)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
 def kill_family(pid: int, timeout: float = 60) -> None:
     """SIGKILL a process and every process under it, as a lost machine would; one that
     ends of itself between the listing and its signal is already what was asked for."""
     import psutil
 
-    root = psutil.Process(pid)
-    family = [root, *root.children(recursive=True)]
-    for p in family:
+    processes = family(pid)
+    for p in processes:
         try:
             p.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(family, timeout=timeout)
+    psutil.wait_procs(processes, timeout=timeout)
 
 
 def stacks(pids: list[int]) -> str:
@@ -65,10 +72,10 @@ def stacks(pids: list[int]) -> str:
     out = []
     for pid in pids:
         try:
-            family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+            processes = family(pid)
         except psutil.NoSuchProcess:
             continue
-        for p in family:
+        for p in processes:
             try:
                 name, exe = " ".join(p.cmdline())[:160], p.name()
             except psutil.Error:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shlex
@@ -112,6 +111,8 @@ def repro_log(root: Path) -> Path:
 
 
 def test_dvc_repro_writes_metrics_plots_and_report(project):
+    from pipelines.benchmark import _threads_per_worker
+
     root, env = project
     categories, epochs = quick_start()
     metrics = json.loads((root / "metrics.json").read_text())
@@ -133,8 +134,8 @@ def test_dvc_repro_writes_metrics_plots_and_report(project):
         assert json.loads((stored.parent / "model.json").read_text()) == model
         assert not list(storage.glob(f"{cat}-*/**/model.pt"))
         assert (root / "results" / "benchmark" / cat / "eval" / "metrics.json").is_file()
-        # threads_per_worker auto: twice the worker's CPU share, rounded up
-        want = math.ceil(2 * m["resources"]["CPU"] - 1e-9)
+        # threads_per_worker auto for the worker's CPU share (its rule has its own test)
+        want = _threads_per_worker("auto", m["resources"]["CPU"], 0)
         assert m["torch_threads"] == min(want, len(os.sched_getaffinity(0)))
         # Where it ran: the rank-0 worker's Ray node, in metrics.json and results/.
         placement = json.loads(
