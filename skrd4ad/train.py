@@ -298,8 +298,9 @@ class Trainer:
                 )
         self.module.load(state)
         self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # the optimizer state holds the old ones
-            group["lr"], group["betas"] = self.cfg.optim.lr, self.cfg.optim.betas
+        # The loaded groups hold the old settings (lr, betas, fused ...): this run's apply.
+        for group in self.optimizer.param_groups:
+            group.update(self.optimizer.defaults)
         self.state = RunState(
             state["epoch"], list(state.get("history", [])), state.get("best", RunState().best),
             list(state.get("resumes", [])),

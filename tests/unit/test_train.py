@@ -308,6 +308,21 @@ def test_resume_applies_a_changed_setting_and_records_it(small_dataset, tmp_path
     assert read_checkpoint(tmp_path / "model.pt")["resumes"] == state["resumes"]
 
 
+def test_resume_takes_this_run_s_optimizer_settings(small_dataset, tmp_path):
+    """A last.pt written by an unfused Adam (before fused became the default) resumes
+    fused: the loaded groups' implementation settings are replaced by this run's, as lr is."""
+    fit(tiny_config(small_dataset, tmp_path, epochs=2, val_fraction=0))
+    state = read_checkpoint(tmp_path / "last.pt")
+    assert [g["fused"] for g in state["optimizer"]["param_groups"]] == [True]
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = None
+    torch.save(state, tmp_path / "last.pt")
+    fit(tiny_config(small_dataset, tmp_path, epochs=3, val_fraction=0, resume=True))
+    state = read_checkpoint(tmp_path / "last.pt")
+    assert state["epoch"] == 3
+    assert [g["fused"] for g in state["optimizer"]["param_groups"]] == [True]
+
+
 def test_resume_refuses_a_setting_that_changes_the_training_images(small_dataset, tmp_path):
     fit(tiny_config(small_dataset, tmp_path, epochs=2, val_fraction=0.25))
     with pytest.raises(CheckpointError, match="val_fraction=0.25, not 0.5"):

@@ -32,9 +32,11 @@ class ReverseDistillation:
         self.eval_batch_size = cfg.runtime.eval_batch_size
 
     def configure_optimizers(self, cfg: Config) -> torch.optim.Optimizer:
-        """Adam on the bottleneck and decoder (the teacher is frozen), as published."""
+        """Adam on the bottleneck and decoder (the teacher is frozen), as published; fused,
+        one kernel over every parameter (torch's default on a CPU is a loop over the 84 M
+        parameters' tensors, op by op: BENCHMARKS.md, the training step)."""
         params = [*self.model.bottleneck.parameters(), *self.model.decoder.parameters()]
-        return torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas)
+        return torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas, fused=True)
 
     def train(self) -> None:
         """Training mode for the trainable parts; the teacher stays in eval mode."""
