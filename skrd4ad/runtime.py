@@ -89,11 +89,18 @@ class Runtime:
 
     def setup(self, model: torch.nn.Module, inference_only: bool = False) -> torch.nn.Module:
         """``model`` on the device in its memory layout; a model used only for inference
-        also gets its BatchNorm layers folded into the convolutions (in place)."""
+        also gets its BatchNorm layers folded into the convolutions (in place), and on a
+        CPU in float32 its bottleneck takes the plain convolution kernel for a few images
+        (:mod:`~skrd4ad.models.reverse_distillation.components.cpu_kernels`)."""
         if inference_only:
+            from .models.reverse_distillation.components.cpu_kernels import (
+                few_images_take_plain_kernels,
+            )
             from .models.reverse_distillation.components.fuse import fold_batchnorm
 
             model = fold_batchnorm(model, inplace=True)
+            if self.device.type == "cpu" and self.precision == "fp32":
+                few_images_take_plain_kernels(model.bottleneck)
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
