@@ -4,8 +4,8 @@ oneDNN, PyTorch's default CPU convolution, reorders each convolution's weights i
 blocked layout on every call, a cost that a batch shares. The bottleneck holds most of
 the model's weights (58.9 M of wide_resnet50_2's 107 M) on maps of 32x32 down to 8x8, so
 for one image the reorders take longer than its convolutions, while PyTorch's other CPU
-kernel (im2col and a GEMM) reads the weights as they are stored. From about 4 images on,
-oneDNN is as fast or faster (BENCHMARKS.md, "Beside anomalib's Reverse Distillation").
+kernel (im2col and a GEMM) reads the weights as they are stored. From 2 images on, oneDNN
+is as fast or faster (``benchmarks/bench_cpu_parts.py --parts kernels``, BENCHMARKS.md).
 Both kernels compute the same convolution; their results differ by float rounding.
 
 The switch is torch's process-wide ``torch.backends.mkldnn.enabled``, so it is held by a
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-FEW_IMAGES = 4  # below this many images, the plain kernel
+FEW_IMAGES = 2  # below this many images, the plain kernel: one image
 
 
 class _PlainKernels:
