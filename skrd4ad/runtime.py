@@ -90,7 +90,7 @@ class Runtime:
     def setup(self, model: torch.nn.Module, inference_only: bool = False) -> torch.nn.Module:
         """``model`` on the device in its memory layout; a model used only for inference
         also gets its BatchNorm layers folded into the convolutions (in place), and on a
-        CPU in float32 its bottleneck takes the plain convolution kernel for a few images
+        CPU in float32 its bottleneck takes the plain convolution kernel for a single image
         (:mod:`~skrd4ad.models.reverse_distillation.components.cpu_kernels`)."""
         if inference_only:
             from .models.reverse_distillation.components.cpu_kernels import (

@@ -298,7 +298,7 @@ class Trainer:
                 )
         self.module.load(state)
         self.optimizer.load_state_dict(state["optimizer"])
-        # The loaded groups hold the old settings (lr, betas, fused ...): this run's apply.
+        # The loaded groups hold the old settings (lr, betas, fused ...); this run's replace them.
         for group in self.optimizer.param_groups:
             group.update(self.optimizer.defaults)
         self.state = RunState(

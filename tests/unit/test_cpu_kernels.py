@@ -74,6 +74,9 @@ def test_the_switch_comes_back_after_an_exception_and_keeps_the_user_s_setting()
         with torch.inference_mode():
             model.bottleneck([torch.randn(1, 64, 16, 16)])  # one level of three: fails inside
     assert torch.backends.mkldnn.enabled and PLAIN.holders == 0
+    with pytest.raises(ValueError, match="not enough values"), torch.inference_mode():
+        model.bottleneck([])  # no image at all: the hooks stay balanced
+    assert torch.backends.mkldnn.enabled and PLAIN.holders == 0 and not PLAIN.local.taken
     with torch.backends.mkldnn.flags(enabled=False):
         assert onednn_seen_by_bottleneck(model, 1) is False
         assert torch.backends.mkldnn.enabled is False  # the user's own choice stays

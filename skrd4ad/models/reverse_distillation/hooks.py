@@ -33,8 +33,8 @@ class ReverseDistillation:
 
     def configure_optimizers(self, cfg: Config) -> torch.optim.Optimizer:
         """Adam on the bottleneck and decoder (the teacher is frozen), as published; fused,
-        one kernel over every parameter (torch's default on a CPU is a loop over the 84 M
-        parameters' tensors, op by op: BENCHMARKS.md, the training step)."""
+        one kernel over every parameter, where torch's default on a CPU loops over the
+        parameters' tensors op by op (BENCHMARKS.md, "The parts of a CPU step")."""
         params = [*self.model.bottleneck.parameters(), *self.model.decoder.parameters()]
         return torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas, fused=True)
 

@@ -66,7 +66,7 @@ def upsampled_mse(student: torch.Tensor, teacher: torch.Tensor, size: torch.Size
     The resize is linear, ``U = A d B^T`` for the difference ``d`` of the two maps, so
     ``sum(U^2) = <d, (A^T A) d (B^T B)>``: two small matrix products on the coarse map
     replace two resizes, their difference and its backward on maps 4x larger
-    (BENCHMARKS.md, the training step)."""
+    (BENCHMARKS.md, "The parts of a CPU step")."""
     with torch.autocast(student.device.type, enabled=False):  # the sum stays in float32
         dtype = torch.promote_types(student.dtype, torch.float32)
         d = student.to(dtype) - teacher.to(dtype)

@@ -1,8 +1,8 @@
-"""Which CPU convolution kernel a few images take through the bottleneck.
+"""Which CPU convolution kernel a single image takes through the bottleneck.
 
 oneDNN, PyTorch's default CPU convolution, reorders each convolution's weights into its
 blocked layout on every call, a cost that a batch shares. The bottleneck holds most of
-the model's weights (58.9 M of wide_resnet50_2's 107 M) on maps of 32x32 down to 8x8, so
+the model's weights (wide_resnet50_2: 58.9 M of 108.7 M) on maps of 32x32 down to 8x8, so
 for one image the reorders take longer than its convolutions, while PyTorch's other CPU
 kernel (im2col and a GEMM) reads the weights as they are stored. From 2 images on, oneDNN
 is as fast or faster (``benchmarks/bench_cpu_parts.py --parts kernels``, BENCHMARKS.md).
@@ -60,11 +60,12 @@ PLAIN = _PlainKernels()
 def _few_images(args: tuple[Any, ...], below: int) -> bool:
     """An inference call (no autograd) on fewer than ``below`` float32 CPU images, run
     eagerly: a trace or a compiled graph records operations, not kernel choices."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or not args:
         return False
-    first = args[0][0] if isinstance(args[0], list | tuple) else args[0]
+    first = args[0][0] if isinstance(args[0], list | tuple) and args[0] else args[0]
     return (
-        not torch.is_grad_enabled()
+        isinstance(first, torch.Tensor)
+        and not torch.is_grad_enabled()
         and first.device.type == "cpu"
         and first.dtype == torch.float32
         and first.shape[0] < below
