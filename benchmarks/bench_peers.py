@@ -22,6 +22,7 @@ the peak RSS of the process. ``--profile`` adds a per-module profile (teacher, b
 decoder, anomaly map, blur) from ``torch.profiler``.
 
     python benchmarks/bench_peers.py --anomalib-python /path/to/venv/bin/python [--rounds 2]
+        [--tasks infer_b1]
 """
 
 from __future__ import annotations
@@ -253,6 +254,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--profile", action="store_true", help="add a per-module profile")
     ap.add_argument("--only", nargs="+", choices=MODELS, default=list(MODELS))
+    tasks = [f"{task}_b{batch}" for task, batch in PLAN]
+    ap.add_argument("--tasks", nargs="+", choices=tasks, default=tasks,
+                    help="a subset is written to peers_<tasks>, beside the table")  # fmt: skip
     ap.add_argument("--worker", nargs=3, metavar=("MODEL", "TASK", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -262,8 +266,9 @@ def main() -> None:
     if "anomalib" in args.only and not args.anomalib_python:
         raise SystemExit("--anomalib-python is required to run anomalib (or --only skrd4ad_*)")
     runs: dict[str, list[dict]] = {}
+    plan = [(task, batch) for task, batch in PLAN if f"{task}_b{batch}" in args.tasks]
     for _ in range(args.rounds):
-        for task, batch in PLAN:
+        for task, batch in plan:
             for name in args.only:
                 if name == "skrd4ad_rd" and task == "infer":  # the loss is training's only
                     continue
@@ -278,7 +283,8 @@ def main() -> None:
     figures["anomalib_torch"] = next(
         (r[0]["torch"] for k, r in runs.items() if k.startswith("anomalib")), None
     )
-    write_result("peers", figures)
+    subset = len(plan) < len(PLAN)
+    write_result("peers" + ("_" + "_".join(args.tasks) if subset else ""), figures)
 
 
 if __name__ == "__main__":
