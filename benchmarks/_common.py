@@ -84,6 +84,21 @@ def timeit(fn: Callable[[], object], repeat: int = 5, sync: bool = False) -> dic
     return {"first_s": times[0], "median_s": warm[len(warm) // 2], "best_s": warm[0]}
 
 
+def alternate(ways: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Wall seconds of each way over ``rounds`` rounds, the ways called in turn within a
+    round after one warm-up call each, so that a machine whose speed drifts treats them
+    alike."""
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for fn in ways.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in ways.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def write_result(name: str, figures: dict) -> Path:
     """Print the figures and write them with the machine, command and date (atomically)."""
     record = {

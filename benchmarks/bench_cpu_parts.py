@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result  # noqa: E402
+from _common import alternate, write_result  # noqa: E402
 
 from skrd4ad import build_model  # noqa: E402
 from skrd4ad.models.reverse_distillation.components.fuse import fold_batchnorm  # noqa: E402
@@ -38,17 +37,9 @@ from skrd4ad.models.reverse_distillation.loss import consistency_loss, cosine_lo
 LEVELS = ((256, 64), (512, 32), (1024, 16))
 
 
-def alternate(ways: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Median milliseconds of each way, called in turn ``repeat`` times after a warm-up."""
-    times: dict[str, list[float]] = {name: [] for name in ways}
-    for fn in ways.values():
-        fn()
-    for _ in range(repeat):
-        for name, fn in ways.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+def median_ms(ways: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Median milliseconds of each way, the ways taking turns (``_common.alternate``)."""
+    return {name: statistics.median(t) * 1e3 for name, t in alternate(ways, repeat).items()}
 
 
 def consistency_by_definition(teacher: list, student: list) -> torch.Tensor:
@@ -78,7 +69,7 @@ def loss_part(batch: int, repeat: int) -> dict[str, float]:
     def backward(loss_fn: Callable) -> Callable[[], None]:
         return lambda: loss_fn(teacher, student).backward()
 
-    return alternate({
+    return median_ms({
         "consistency, resized maps": backward(consistency_by_definition),
         "consistency, skrd4ad": backward(consistency_loss),
         "cosine, flatten(1)": backward(cosine_by_definition),
@@ -96,7 +87,7 @@ def adam_part(repeat: int) -> dict[str, float]:
         for p in own:
             p.grad = torch.randn_like(p) * 1e-3
         ways[name] = torch.optim.Adam(own, lr=0.005, betas=(0.5, 0.999), fused=fused).step
-    return {**alternate(ways, repeat), "parameters_m": sum(p.numel() for p in params) / 1e6}
+    return {**median_ms(ways, repeat), "parameters_m": sum(p.numel() for p in params) / 1e6}
 
 
 def kernels_part(batches: list[int], repeat: int) -> dict[str, dict[str, float]]:
@@ -109,7 +100,7 @@ def kernels_part(batches: list[int], repeat: int) -> dict[str, dict[str, float]]
     for batch in batches:
         x = torch.randn(batch, 3, 256, 256).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            ms = alternate(_bottleneck_ways(model, model.teacher(x)), repeat)
+            ms = median_ms(_bottleneck_ways(model, model.teacher(x)), repeat)
         out[f"b{batch}"] = {f"{k} ms/img": v / batch for k, v in ms.items()}
     return out
 

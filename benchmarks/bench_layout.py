@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import training_module, write_result  # noqa: E402
+from _common import alternate, training_module, write_result  # noqa: E402
 
 from skrd4ad import build_model  # noqa: E402
 from skrd4ad.inference import predict_maps  # noqa: E402
@@ -69,15 +68,8 @@ def main() -> None:
         kind, batch = task.split("_b")
         build = _infer if kind == "infer" else _train
         calls = {layout: build(layout, args.skip, int(batch), args.size) for layout in LAYOUTS}
-        times: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
-        for call in calls.values():
-            call()  # warm-up
         rounds = args.rounds if int(batch) == 1 else max(2, args.rounds // 4)
-        for _ in range(rounds):
-            for layout, call in calls.items():
-                t0 = time.perf_counter()
-                call()
-                times[layout].append((time.perf_counter() - t0) / int(batch))
+        times = {k: [s / int(batch) for s in t] for k, t in alternate(calls, rounds).items()}
         figures[task] = {
             layout: {"median_s_per_image": statistics.median(t), "s_per_image": t}
             for layout, t in times.items()

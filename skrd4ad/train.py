@@ -298,7 +298,8 @@ class Trainer:
                 )
         self.module.load(state)
         self.optimizer.load_state_dict(state["optimizer"])
-        # The loaded groups hold the old settings (lr, betas, fused ...); this run's replace them.
+        # The loaded groups hold the settings they were saved with (lr, betas, fused ...);
+        # this run's own settings replace them.
         for group in self.optimizer.param_groups:
             group.update(self.optimizer.defaults)
         self.state = RunState(
