@@ -1,9 +1,10 @@
-"""Memory layout per module on the CPU: channels_last everywhere (the default), contiguous
-(NCHW) everywhere, or channels_last but for the bottleneck (OCBE), which runs contiguous.
+"""Memory layout per module on the CPU: channels_last everywhere, contiguous (NCHW)
+everywhere, or channels_last but for the bottleneck (OCBE), which runs NCHW.
 
-The OCBE's 3x3 1024-channel convolutions work on 8x8 maps; a profile showed them slower
-in channels_last at batch 1. The three layouts take turns inside one process, call by
-call, so that a machine whose speed drifts treats them alike; the figure is the median.
+The last is what CPU training in float32 runs by default (``components/cpu_layout.py``);
+inference runs channels_last everywhere. The three layouts take turns inside one
+process, call by call, so that a machine whose speed drifts treats them alike; the
+figure is the median.
 
     python benchmarks/bench_layout.py [--skip none] [--rounds 8]
 """
@@ -23,24 +24,30 @@ from _common import alternate, training_module, write_result  # noqa: E402
 
 from skrd4ad import build_model  # noqa: E402
 from skrd4ad.inference import predict_maps  # noqa: E402
+from skrd4ad.models.reverse_distillation.components.cpu_layout import (  # noqa: E402
+    run_in_nchw,
+    weights_layout,
+)
 from skrd4ad.runtime import Runtime  # noqa: E402
 
 LAYOUTS = ("channels_last", "contiguous", "bottleneck_contiguous")
 
 
-def _bottleneck_contiguous(model: torch.nn.Module) -> None:
-    """The OCBE's weights and inputs in NCHW; the rest of the model as it is."""
-    model.bottleneck.to(memory_format=torch.contiguous_format)
-    model.bottleneck.register_forward_pre_hook(
-        lambda _module, args: ([f.contiguous() for f in args[0]],)
-    )
+def _lay_out(model: torch.nn.Module, layout: str) -> None:
+    """The bottleneck in ``layout``'s memory format, whatever the runtime chose for it: a
+    training model's is NCHW already, and moved to channels_last it gets channels_last
+    inputs from the product's hook (it follows the weights)."""
+    nchw = weights_layout(model.bottleneck) == torch.contiguous_format
+    if layout == "bottleneck_contiguous" and not nchw:
+        run_in_nchw(model.bottleneck)
+    elif layout == "channels_last":
+        model.bottleneck.to(memory_format=torch.channels_last)
 
 
 def _infer(layout: str, skip: str, batch: int, size: int) -> Callable[[], object]:
     runtime = Runtime.create("cpu", "fp32", channels_last=layout != "contiguous")
     model = runtime.setup(build_model("wide_resnet50_2", "none", skip), inference_only=True)
-    if layout == "bottleneck_contiguous":
-        _bottleneck_contiguous(model)
+    _lay_out(model, layout)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
     return lambda: predict_maps(model, images, runtime, batch_size=batch)
 
@@ -50,8 +57,7 @@ def _train(layout: str, skip: str, batch: int, size: int) -> Callable[[], object
     module, opt, _ = training_module(
         args, **{"model.skip": skip, "runtime.channels_last": layout != "contiguous"}
     )
-    if layout == "bottleneck_contiguous":
-        _bottleneck_contiguous(module.model)
+    _lay_out(module.model, layout)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
     return lambda: module.optimizer_step(opt, images=images)
 

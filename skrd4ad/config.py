@@ -108,7 +108,11 @@ class RuntimeSettings:
         "auto",
         "auto = bf16 autocast on CUDA and float32 on CPU; bf16 runs on a CPU only when named",
     )
-    channels_last: bool = setting(True, "channels_last memory layout")
+    channels_last: bool = setting(
+        True,
+        "channels_last memory layout (CPU training in float32 keeps the bottleneck in NCHW, "
+        "which is faster there)",
+    )
     compile: bool = setting(
         False, "torch.compile the bottleneck and decoder (compiles on the first step)"
     )

@@ -91,7 +91,9 @@ class Runtime:
         """``model`` on the device in its memory layout; a model used only for inference
         also gets its BatchNorm layers folded into the convolutions (in place), and on a
         CPU in float32 its bottleneck takes the plain convolution kernel for a single image
-        (:mod:`~skrd4ad.models.reverse_distillation.components.cpu_kernels`)."""
+        (:mod:`~skrd4ad.models.reverse_distillation.components.cpu_kernels`). A model to
+        train on a CPU in float32 channels_last keeps its bottleneck in NCHW
+        (:mod:`~skrd4ad.models.reverse_distillation.components.cpu_layout`)."""
         if inference_only:
             from .models.reverse_distillation.components.cpu_kernels import (
                 few_images_take_plain_kernels,
@@ -104,6 +106,10 @@ class Runtime:
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
+            if not inference_only and self.device.type == "cpu" and self.precision == "fp32":
+                from .models.reverse_distillation.components.cpu_layout import run_in_nchw
+
+                run_in_nchw(model.bottleneck)
         return model
 
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
