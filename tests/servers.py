@@ -16,6 +16,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 BIN = Path(sys.executable).parent
 AWS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -43,11 +45,16 @@ def _wait(check, what: str, log: Path, timeout: float = 120, process=None) -> No
 
 
 def family(pid: int) -> list:
-    """The process ``pid`` and every process under it (psutil processes)."""
+    """The process ``pid`` and every process under it (psutil processes); none when it
+    ended and was reaped already (a node whose start failed), which a fixture's teardown
+    must not turn into an error that hides why it ended."""
     import psutil
 
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def kill_family(pid: int, timeout: float = 60) -> None:
@@ -71,11 +78,7 @@ def stacks(pids: list[int]) -> str:
 
     out = []
     for pid in pids:
-        try:
-            processes = family(pid)
-        except psutil.NoSuchProcess:
-            continue
-        for p in processes:
+        for p in family(pid):
             try:
                 name, exe = " ".join(p.cmdline())[:160], p.name()
             except psutil.Error:
@@ -86,6 +89,25 @@ def stacks(pids: list[int]) -> str:
                                   capture_output=True, text=True, timeout=60)  # fmt: skip
             out.append(f"--- {p.pid} {name}\n{dump.stdout or dump.stderr}")
     return "\n".join(out)
+
+
+def run(
+    cmd: list[str], cwd: Path, env: dict, timeout: float = 600, cluster: RayCluster | None = None
+) -> subprocess.CompletedProcess:
+    """``cmd``, which must succeed within ``timeout``; a hung one fails with its output and
+    the stacks of its processes and the cluster's (where it waits)."""
+    process = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        where = stacks([process.pid]) + "\n" + (cluster.diagnose() if cluster else "")
+        kill_family(process.pid)
+        out, err = process.communicate()
+        pytest.fail(f"{cmd} hung for {timeout} s: {out[-3000:]}\n{err[-6000:]}\n{where}")
+    assert process.returncode == 0, f"{cmd}: {out[-3000:]}\n{err[-6000:]}"
+    return subprocess.CompletedProcess(cmd, process.returncode, out, err)
 
 
 def start_moto(folder: Path, bucket: str) -> tuple[subprocess.Popen, str]:

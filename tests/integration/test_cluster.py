@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from servers import AWS, RayCluster, kill_family, s3_client, stacks, start_mlflow, start_moto
+from servers import AWS, RayCluster, run, s3_client, start_mlflow, start_moto
 
 from skrd4ad.data import make_default_dataset
 from skrd4ad.results import METRIC_KEYS
@@ -28,25 +28,6 @@ from skrd4ad.results import METRIC_KEYS
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "skrd4ad-cluster"
 CATEGORIES = ["brick", "grass", "gravel", "tile"]
-
-
-def run(
-    cmd: list[str], cwd: Path, env: dict, timeout: float = 600, cluster: RayCluster | None = None
-) -> subprocess.CompletedProcess:
-    """``cmd``, which must succeed within ``timeout``; a hung one fails with its output and
-    the stacks of its processes and the cluster's (where it waits)."""
-    process = subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        where = stacks([process.pid]) + "\n" + (cluster.diagnose() if cluster else "")
-        kill_family(process.pid)
-        out, err = process.communicate()
-        pytest.fail(f"{cmd} hung for {timeout} s: {out[-3000:]}\n{err[-6000:]}\n{where}")
-    assert process.returncode == 0, f"{cmd}: {out[-3000:]}\n{err[-6000:]}"
-    return subprocess.CompletedProcess(cmd, process.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
