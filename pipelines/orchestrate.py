@@ -5,7 +5,8 @@ A benchmark is a grid over categories with a fixed config; a search samples conf
 way Tune runs the trials (how many at once, trial-level fault tolerance: a trial whose
 node is lost starts again and its Train run resumes from storage), and every trial's model
 is fitted by Ray Train workers (DDP when ``num_workers > 1``), whose reports reach Tune
-(and its callbacks: the live progress table, MLflow) through ``TuneReportCallback``.
+(and its callbacks: the live progress table, MLflow) through the trial's thread
+(pipelines/trial_reports.py).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from .data_source import CACHE_ENV
 # an empty request, so a trial asks for one byte of memory and no CPU (a CPU share would
 # leave a worker that asks for all of a node's CPUs unschedulable).
 TRIAL_RESOURCES = {"CPU": 0, "memory": 1}
-# TuneReportCallback adds the path of a reported checkpoint (in the Train run's storage)
-# to the metrics under this key.
+# A report's metrics name the checkpoint it stored (in the Train run's storage) under this
+# key, the one Ray's TuneReportCallback uses.
 CHECKPOINT_PATH = "checkpoint_path"
 # A trial whose Train run failed for good reports its error under this key and ends; a
 # raised error would make Tune retry a run that Ray Train already retried.
@@ -108,14 +109,16 @@ def drive(
     train_func: Callable[[dict], None],
 ) -> None:
     """Inside a Tune trial: fit one Train run and end; its reports reach Tune as they are
-    made. A run that failed for good is reported with its error instead of raised."""
+    made, through this thread (trial_reports). A run that failed for good is reported with
+    its error, after its last report, instead of raised."""
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from .ray_train import storage_args
+    from .trial_reports import ForwardReports, fit_and_forward, report_queue
 
+    reports = report_queue()
     resources = {"CPU": settings["cpus"]}
     if settings["gpus"]:
         resources["GPU"] = settings["gpus"]
@@ -135,11 +138,11 @@ def drive(
             # Resume needs only the latest (each last.pt holds the optimizer state too); a
             # finished run keeps only its final checkpoint.
             checkpoint_config=CheckpointConfig(num_to_keep=1),
-            callbacks=[TuneReportCallback()],
+            callbacks=[ForwardReports(reports)],
         ),
     )
     try:
-        result = trainer.fit()
+        result = fit_and_forward(trainer, reports)
     except Exception as exc:  # noqa: BLE001 - reported as the trial's outcome
         tune.report({ERROR: root_cause(exc)})
         return
@@ -219,7 +222,7 @@ def storage_uri(path: str, storage_path: str) -> str:
 
 
 def checkpoint_at(path: str, storage_path: str, storage_endpoint: str | None) -> Any:
-    """A Train checkpoint in storage, by the path TuneReportCallback reported."""
+    """A Train checkpoint in storage, by the path a report named (CHECKPOINT_PATH)."""
     from ray.train import Checkpoint
 
     from .ray_train import storage_args
