@@ -94,6 +94,7 @@ class Runtime:
         (:mod:`~skrd4ad.models.reverse_distillation.components.cpu_kernels`). A model to
         train on a CPU in float32 channels_last keeps its bottleneck in NCHW
         (:mod:`~skrd4ad.models.reverse_distillation.components.cpu_layout`)."""
+        cpu_fp32 = self.device.type == "cpu" and self.precision == "fp32"
         if inference_only:
             from .models.reverse_distillation.components.cpu_kernels import (
                 few_images_take_plain_kernels,
@@ -101,12 +102,12 @@ class Runtime:
             from .models.reverse_distillation.components.fuse import fold_batchnorm
 
             model = fold_batchnorm(model, inplace=True)
-            if self.device.type == "cpu" and self.precision == "fp32":
+            if cpu_fp32:
                 few_images_take_plain_kernels(model.bottleneck)
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-            if not inference_only and self.device.type == "cpu" and self.precision == "fp32":
+            if cpu_fp32 and not inference_only:
                 from .models.reverse_distillation.components.cpu_layout import run_in_nchw
 
                 run_in_nchw(model.bottleneck)
